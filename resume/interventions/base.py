@@ -1,0 +1,99 @@
+"""The one protocol every intervention implements, and the control (``none``).
+
+The engine (``resume.engine``) calls these hooks, in this order, on every process:
+
+1. ``setup(ctx)`` once, before the model is loaded into the engine.
+2. ``on_load(model, ctx) -> model`` once: a load-time transform (e.g. Gstack growth). The result
+   is what the branch saves as its own ``checkpoints/stepN``.
+3. ``fresh_optimizer()``: True if the branch must start from a zero optimizer state no matter
+   what ``--optimizer-state`` says (e.g. after a shape change).
+4. For every update ``n`` (the number of updates before this one, counted from the parent's step 0;
+   the update produces checkpoint step ``n + 1``):
+   - ``batch_row_indices(k, default)``: the data rows of global batch ``k = n`` (default: the
+     parent's rows ``[k*B, (k+1)*B)``); a data-mixture intervention returns other rows, same count.
+   - ``lr(n, parent_lr)``: the learning rate of this update (default: the parent's schedule).
+   - ``after_step(model, step)``: after the optimizer update that reached ``step`` (may change the
+     training weights in place, e.g. LAWA replace, or update a shadow, e.g. an EMA).
+5. ``extra_weights(model, step)`` whenever the engine saves ``checkpoints/stepS``: a mapping
+   ``{"averaged": state_dict}`` written to ``checkpoints/stepS/averaged/`` in save_pretrained format.
+6. ``state_dict()`` / ``load_state_dict()``: saved with the resumable state so that ``--resume``
+   continues exactly.
+
+``model`` is always the unwrapped ``transformers`` model (never the DDP wrapper). Hooks must act the
+same on every process (they see the same weights), and must keep snapshots off the accelerator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from checkpoints_cache.recipe import Recipe
+
+
+@dataclass
+class BranchContext:
+    """What an intervention may know about the branch it is applied to."""
+
+    branch_step: int  # N: the parent's checkpoint the branch starts from
+    end_step: int  # N + K
+    recipe: Recipe  # the parent's recipe (batch size, schedule, optimizer)
+    parent_grid: list[int]  # the parent's checkpoint grid
+    out_dir: Path | None = None
+    # Per-row domain labels of the data order (int array over all rows) and their names, when the
+    # data order carries them (the toy corpus; Amber's `source`). None otherwise.
+    row_domains: np.ndarray | None = None
+    domain_names: list[str] | None = None
+    # Reads rows of the data order: take_rows(indices) -> int array [len(indices), seq_len + 1].
+    take_rows: Any = None
+    num_rows: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Intervention:
+    """Base class: every hook is a no-op, so a subclass overrides only what it changes."""
+
+    name: ClassVar[str] = "none"
+
+    def __init__(self, **params: Any):
+        self.params: dict[str, Any] = dict(params)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``trajectory.json`` records: the name and the full, validated parameters."""
+        return {"name": self.name, "params": dict(self.params)}
+
+    def setup(self, ctx: BranchContext) -> None:
+        self.ctx = ctx
+
+    def on_load(self, model: Any, ctx: BranchContext) -> Any:
+        return model
+
+    def fresh_optimizer(self) -> bool:
+        return False
+
+    def batch_row_indices(self, k: int, default: np.ndarray) -> np.ndarray:
+        return default
+
+    def lr(self, n: int, parent_lr: float) -> float:
+        return parent_lr
+
+    def after_step(self, model: Any, step: int) -> None:
+        return None
+
+    def extra_weights(self, model: Any, step: int) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+class Control(Intervention):
+    """``none``: the control branch; must reproduce the parent exactly."""
+
+    name = "none"
