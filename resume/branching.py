@@ -1,0 +1,277 @@
+"""``branch``: continue a run from its checkpoint N for K updates with an intervention applied."""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from checkpoints_cache.errors import UserError
+from checkpoints_cache.trajectory import FORMAT, TRAJECTORY_FILE, Trajectory, atomic_write_json
+from resume.engine import (
+    TrainJob,
+    make_accelerator,
+    resume_point,
+    train,
+    truncate_metrics,
+    write_start,
+)
+from resume.interventions.base import BranchContext, Intervention
+from resume.parent import ParentRun, open_parent
+from resume.state import STATE_DIR
+
+OPTIMIZER_MODES = ("exact", "reestimate", "fresh")
+# Reestimate replays enough batches that the dropped tail of Adam's second-moment EMA weighs < 1%.
+REESTIMATE_TAIL = 0.01
+
+
+def reestimate_count(beta2: float, branch_step: int) -> int:
+    """M = min(N, ceil(ln(0.01) / ln(beta2))): 90 batches for beta2 = 0.95. The second moment is an
+    EMA with weight beta2^i on the gradient i updates back, so after M batches the moments hold
+    99% of the weight they would hold in the parent (beta1 = 0.9 decays faster still)."""
+    if branch_step <= 0:
+        return 0
+    return min(branch_step, math.ceil(math.log(REESTIMATE_TAIL) / math.log(beta2)))
+
+
+def parse_intervention(spec: str) -> Intervention:
+    try:
+        from resume.interventions.spec import parse_intervention as parse
+    except ModuleNotFoundError:  # pragma: no cover - only while the spec module is missing
+        from resume.interventions.base import Control
+
+        if spec.strip() in ("", "none"):
+            return Control()
+        raise UserError(f"unknown intervention {spec!r}")
+    return parse(spec)
+
+
+def open_data(parent: ParentRun, first_batch: int, last_batch: int) -> Any:
+    """The parent's data order, checked to hold global batches first_batch .. last_batch - 1."""
+    from data_order.source import TokenRows
+
+    order = parent.data_order
+    if not order or not order.get("path"):
+        raise UserError(
+            f"{parent.name} has no local data order; fetch it with "
+            f"`branchpoint fetch {parent.name} --step {first_batch} --data-steps {last_batch - first_batch}`"
+        )
+    data = TokenRows(order["path"], int(order["batch_size"]), int(order["seq_len"]))
+    if data.num_batches < last_batch:
+        raise UserError(
+            f"the data order of {parent.name} holds {data.num_batches} global batches; "
+            f"the branch needs batches {first_batch}..{last_batch - 1} (use --steps <= {data.num_batches - first_batch})"
+        )
+    return data
+
+
+def choose_optimizer_mode(
+    requested: str | None, parent: ParentRun, step: int, data: Any, intervention: Intervention
+) -> tuple[str, str]:
+    """(mode, reason). Default: exact if saved, else reestimate if the batches before N exist, else fresh."""
+    if requested is not None and requested not in OPTIMIZER_MODES:
+        raise UserError(f"--optimizer-state {requested!r}: use one of {', '.join(OPTIMIZER_MODES)}")
+    has_exact = parent.optimizer_dir(step) is not None
+    if intervention.fresh_optimizer():
+        return "fresh", f"{intervention.name} starts a fresh optimizer by design"
+    if requested == "exact" and not has_exact:
+        raise UserError(
+            f"--optimizer-state exact: {parent.name} has no optimizer state at step {step}; "
+            "use --optimizer-state reestimate or fresh"
+        )
+    if requested is not None:
+        return requested, "requested"
+    if has_exact:
+        return "exact", "the parent saved its full optimizer state at this step"
+    if step > 0:
+        return "reestimate", "no saved optimizer state; the batches before the branch step are available"
+    return "fresh", "step 0 has no optimizer state to rebuild"
+
+
+def library_versions() -> dict[str, str]:
+    import accelerate
+    import huggingface_hub
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "huggingface_hub": huggingface_hub.__version__,
+        "numpy": np.__version__,
+        "branchpoint": _own_version(),
+    }
+
+
+def _own_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("branchpoint")
+    except Exception:  # not installed as a distribution
+        return "0+local"
+
+
+def load_model(checkpoint_dir: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    # fp32 master weights; .bin checkpoints are read by transformers with weights_only=True
+    return AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32)
+
+
+def branch_context(parent: ParentRun, step: int, end: int, out: Path, data: Any) -> BranchContext:
+    domains = (parent.data_order or {}).get("domains") or {}
+    labels = np.load(domains["labels"], mmap_mode="r") if domains.get("labels") else None
+    return BranchContext(
+        branch_step=step,
+        end_step=end,
+        recipe=parent.recipe,
+        parent_grid=parent.grid,
+        out_dir=out,
+        row_domains=labels,
+        domain_names=domains.get("names"),
+        take_rows=data.take,
+        num_rows=data.num_rows,
+        extra={"parent": parent.spec, "parent_trajectory": parent.trajectory},
+    )
+
+
+def branch(
+    parent: str | Path,
+    from_step: int,
+    steps: int,
+    *,
+    intervention: str = "none",
+    optimizer_state: str | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    micro_batch_size: int | None = None,
+    save_every: int | None = None,
+    precision: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Continue ``parent`` from checkpoint ``from_step`` for ``steps`` updates; return the branch dir."""
+    # 1. validate everything before anything is written
+    if steps <= 0:
+        raise UserError(f"--steps {steps}: the number of updates must be a positive integer")
+    if from_step < 0:
+        raise UserError(f"--from-step {from_step}: steps are >= 0")
+    run = open_parent(parent)
+    run.require_step(from_step)
+    iv = parse_intervention(intervention)
+    end = from_step + steps
+    out = Path(out) if out is not None else Path("branches") / f"{run.name}-step{from_step}-{iv.name}-k{steps}"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise UserError(f"output directory {out} already exists; pass --resume to continue it or choose another --out")
+    if resume and out.exists() and any(out.iterdir()) and not Trajectory.is_trajectory(out):
+        raise UserError(f"--resume: {out} is not a branch trajectory directory")
+    if resume and Trajectory.is_trajectory(out):
+        _check_same_branch(Trajectory.open(out), run, from_step, end)
+    data = open_data(run, from_step, end)
+    mode, reason = choose_optimizer_mode(optimizer_state, run, from_step, data, iv)
+    if mode == "reestimate":
+        m = reestimate_count(run.recipe.betas[1], from_step)
+        open_data(run, from_step - m, end)
+        reestimate = range(from_step - m, from_step)
+    else:
+        reestimate = None
+    if micro_batch_size is not None and (micro_batch_size <= 0 or run.recipe.batch_size % micro_batch_size):
+        raise UserError(
+            f"--micro-batch-size {micro_batch_size} must divide the global batch {run.recipe.batch_size}"
+        )
+    warning = run.warning_for(from_step)
+    if warning:
+        print(f"warning: step {from_step} of {run.name} is flagged: {warning}", file=sys.stderr)
+    if mode == "fresh" and optimizer_state is None and not iv.fresh_optimizer():
+        print(f"warning: {run.name} has no optimizer state at step {from_step}; starting Adam from zeros", file=sys.stderr)
+
+    accelerator = make_accelerator(run.recipe, precision)
+    main = accelerator.is_main_process
+    ctx = branch_context(run, from_step, end, out, data)
+    iv.setup(ctx)
+    saved = resume_point(out) if resume else None
+    parent_micro = (run.trajectory.meta.get("engine", {}) if run.trajectory else {}).get("micro_batch_size")
+    micro = micro_batch_size or (parent_micro if parent_micro and accelerator.num_processes == 1 else None)
+
+    meta = {
+        "format": FORMAT,
+        "name": out.name,
+        "architecture": {"model_type": run.model_config.get("model_type"), "config": run.model_config},
+        "recipe": run.recipe.to_dict(),
+        "steps": run.grid,
+        "data_order": run.data_order,
+        "parent": {"run": run.spec, "step": from_step},
+        "branch_step": from_step,
+        "end_step": end,
+        "intervention": iv.describe(),
+        "optimizer_state": {"mode": mode, "reason": reason, "reestimate_batches": [reestimate.start, reestimate.stop] if reestimate else None},
+        "seeds": {"recipe": run.recipe.seed},
+        "versions": library_versions(),
+        "engine": {"micro_batch_size": micro, "world_size": accelerator.num_processes},
+        "complete": False,
+    }
+
+    # 2. the weights at N (after the load-time transform), or the last saved state of this branch
+    if saved is None:
+        model = iv.on_load(load_model(run.checkpoint_dir(from_step)), ctx)
+        opt = None
+        if mode == "exact":
+            opt = torch.load(run.optimizer_dir(from_step) / "optimizer.pt", map_location="cpu", weights_only=True)
+    else:
+        model = load_model(out / STATE_DIR)
+        opt = None
+    meta["architecture"] = {"model_type": model.config.model_type, "config": model.config.to_dict()}
+    meta["intervention"] = iv.describe()
+
+    job = TrainJob(
+        out=out,
+        model=model,
+        recipe=run.recipe,
+        data=data,
+        start_step=from_step,
+        end_step=end,
+        save_steps={s for s in run.grid if from_step < s <= end} | {end},
+        intervention=iv,
+        optimizer_state=opt,
+        reestimate_batches=reestimate,
+        micro_batch_size=micro,
+        save_every=save_every or 50,
+        resume_from=saved,
+        progress=progress,
+        precision=precision,
+    )
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / TRAJECTORY_FILE, meta)
+        if saved is None:
+            write_start(job, model)
+        else:
+            truncate_metrics(out / "metrics.jsonl", saved.next_update)
+    accelerator.wait_for_everyone()
+    train(job, accelerator)
+    if main:
+        meta["complete"] = True
+        meta["intervention"] = iv.describe()
+        atomic_write_json(out / TRAJECTORY_FILE, meta)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _check_same_branch(traj: Trajectory, run: ParentRun, from_step: int, end: int) -> None:
+    p = traj.parent or {}
+    if p.get("run") != run.spec or int(p.get("step", -1)) != from_step or int(traj.meta.get("end_step", -1)) != end:
+        raise UserError(
+            f"--resume: {traj.root} is a branch of {p.get('run')} from step {p.get('step')} to "
+            f"{traj.meta.get('end_step')}; rerun with the same RUN, --from-step and --steps"
+        )
+
+
+def warn(msg: str) -> None:
+    warnings.warn(msg, stacklevel=2)

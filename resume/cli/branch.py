@@ -1,0 +1,72 @@
+"""``branchpoint branch``: continue a run from step N with an intervention, then compare."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "branch",
+        help="continue RUN from checkpoint N for K updates with an intervention, then compare",
+        description="Load checkpoint stepN of RUN (a trajectory directory or a registry name, fetched when needed), "
+        "rebuild the parent's recipe (LR schedule, AdamW, clipping, global batch), apply the intervention and train "
+        "K updates on the parent's own data order (batch N first). Writes a trajectory directory: checkpoints at "
+        "stepN (after the intervention's load-time transform) and at the parent's grid steps in (N, N+K], "
+        "metrics.jsonl, and a comparison with the parent in OUT/compare/ unless --no-compare.",
+        epilog="examples:\n"
+        "  branchpoint branch runs/toy-small --from-step 400 --steps 200 --intervention none --out runs/control\n"
+        "  branchpoint branch runs/toy-small --from-step 400 --steps 200 --intervention lawa:k=5,every=50,mode=replace\n"
+        "  ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m resume branch runs/toy-small --from-step 400 --steps 20",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", metavar="RUN", help="trajectory directory or registry name (see `branchpoint runs`)")
+    p.add_argument("--from-step", type=int, required=True, metavar="N", help="checkpoint step to branch from")
+    p.add_argument("--steps", type=int, required=True, metavar="K", help="number of optimizer updates to train")
+    p.add_argument("--intervention", default="none", metavar="SPEC",
+                   help="none | lawa:k=5,every=1000,mode=replace | anytime:schedule=constant,ema=25 | gstack:g=4 | "
+                   "bimix:entropy=conditional | path/to/file.py:ClassName (default: none, the control)")
+    p.add_argument("--optimizer-state", default=None, metavar="MODE",
+                   help="exact: the parent's saved state; reestimate: rebuild Adam's moments from the batches before "
+                   "N at lr 0; fresh: zeros (default: exact if saved, else reestimate if that data exists, else fresh)")
+    p.add_argument("--out", default=None, metavar="TRAJ", help="branch directory (default: branches/<run>-stepN-<name>-kK)")
+    p.add_argument("--resume", action="store_true", help="continue a killed branch from its last saved state")
+    p.add_argument("--micro-batch-size", type=int, default=None, metavar="b",
+                   help="rows per forward pass per process (default: the parent's, else batch/world size)")
+    p.add_argument("--save-every", type=int, default=50, metavar="S", help="save the resumable state every S updates")
+    p.add_argument("--precision", default=None, metavar="P",
+                   help="fp32 | bf16 | fp16 (default: fp32 on CPU, the parent's half precision on GPU)")
+    p.add_argument("--no-compare", action="store_true", help="skip the comparison with the parent at the end")
+    p.add_argument("--eval-batches", type=int, default=4, metavar="K", help="held-out global batches for the comparison")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from checkpoints_cache.errors import UserError
+    from resume.engine import branch
+
+    if args.save_every <= 0:
+        raise UserError(f"--save-every {args.save_every}: use a positive number of updates")
+    out = branch(
+        args.run,
+        args.from_step,
+        args.steps,
+        intervention=args.intervention,
+        optimizer_state=args.optimizer_state,
+        out=args.out,
+        resume=args.resume,
+        micro_batch_size=args.micro_batch_size,
+        save_every=args.save_every,
+        precision=args.precision,
+    )
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return 0
+    print(f"branch written to {out}")
+    if not args.no_compare:
+        from resume.compare.api import compare
+
+        table = compare([out], eval_batches=args.eval_batches)
+        print(f"comparison written to {out / 'compare'} ({len(table)} rows); summary: {out / 'compare' / 'summary.md'}")
+    return 0

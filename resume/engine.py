@@ -1,0 +1,294 @@
+"""The training engine: continue a run from checkpoint N with its own recipe, under accelerate.
+
+Read top to bottom: ``train`` is the loop every run goes through (the toy from step 0, every branch
+from step N). ``branch`` (in ``resume.branching``) prepares a ``TrainJob`` from a parent run.
+
+Step semantics (DESIGN.md): the update with index ``n`` trains on global batch ``n`` and produces
+checkpoint ``step{n+1}``; its LR is the schedule at ``n``. A job from ``start_step`` N to
+``end_step`` N+K runs updates N .. N+K-1.
+
+Exactness: the LR is a pure function of ``n`` written into the param groups; the global batch is
+fixed and the number of accumulation steps is derived from the world size
+(``data_order.steps.rank_microbatches``); the optimizer state, weights and data cursor are restored
+exactly. On CPU the arithmetic is fp32 and a control branch reproduces the parent bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
+
+from checkpoints_cache.errors import UserError
+from checkpoints_cache.recipe import Recipe
+from checkpoints_cache.trajectory import (
+    AVERAGED,
+    CHECKPOINTS,
+    METRICS,
+    OPTIMIZER,
+    atomic_dir,
+    atomic_write_text,
+    step_dir_name,
+)
+from data_order.steps import accumulation_steps, rank_microbatches
+from resume.interventions.base import Control, Intervention
+from resume.optim import build_optimizer
+from resume.schedule import lr_at
+from resume.state import STATE_DIR, SavedState, load_state, set_rng_state, write_training_state
+
+hf_logging.disable_progress_bar()  # one progress bar per run (ours), not one per save_pretrained
+
+
+@dataclass
+class TrainJob:
+    """Everything one training run needs; built by ``build_toy`` or ``branch``."""
+
+    out: Path  # the trajectory directory being written
+    model: Any  # transformers model with the weights at ``start_step`` (after the load-time transform)
+    recipe: Recipe
+    data: Any  # data_order.source.TokenRows: batch_size rows of seq_len + 1 tokens per global batch
+    start_step: int
+    end_step: int
+    save_steps: set[int]  # checkpoint steps in (start_step, end_step] written to checkpoints/
+    intervention: Intervention = field(default_factory=Control)
+    optimizer_state: dict[str, Any] | None = None  # exact state to load, or None (zeros)
+    reestimate_batches: range | None = None  # replay these batches at lr 0 to rebuild Adam's moments
+    micro_batch_size: int | None = None
+    save_every: int = 50  # resumable state every S updates (and at every saved checkpoint)
+    save_optimizer: bool = True  # optimizer/stepS/ next to every saved checkpoint
+    resumable: bool = True  # keep a rolling resumable state in TRAJ/state/
+    resume_from: SavedState | None = None
+    progress: bool = True
+    precision: str | None = None  # None: fp32 on CPU, the recipe's half precision on GPU
+    on_update: Callable[[dict[str, Any]], None] | None = None  # called with each metrics row
+
+
+def make_accelerator(recipe: Recipe, precision: str | None = None) -> Accelerator:
+    """fp32 on CPU; on GPU the parent's half precision through accelerate's autocast."""
+    if precision is None:
+        precision = recipe.precision if torch.cuda.is_available() else "fp32"
+    mixed = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}.get(precision)
+    if mixed is None:
+        raise UserError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
+    accelerator = Accelerator(mixed_precision=mixed)
+    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != expected:
+        # torchrun without ACCELERATE_USE_CPU=1 on a CPU machine starts W independent rank-0 runs
+        # (ecosystem.md §4.1): refuse rather than train W copies silently.
+        raise UserError(
+            f"accelerate sees {accelerator.num_processes} process(es) but WORLD_SIZE={expected}; "
+            "on CPU launch with `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N ...`"
+        )
+    return accelerator
+
+
+def default_micro_batch(batch_size: int, world_size: int) -> int:
+    """The largest micro-batch that splits the global batch evenly over the processes."""
+    if batch_size % world_size:
+        raise UserError(f"global batch {batch_size} cannot be split over {world_size} processes; use a divisor")
+    return batch_size // world_size
+
+
+def _rows_tensor(data: Any, rows: np.ndarray) -> torch.Tensor:
+    start = int(rows[0])
+    if rows.size and int(rows[-1]) - start == rows.size - 1 and np.all(np.diff(rows) == 1):
+        arr = data.rows(start, start + rows.size)  # one contiguous read
+    else:
+        arr = data.take(rows)
+    return torch.from_numpy(np.asarray(arr, dtype=np.int64))
+
+
+def _rows_hash(rows: np.ndarray) -> str:
+    return hashlib.sha1(np.sort(rows.astype(np.int64)).tobytes()).hexdigest()[:16]
+
+
+def save_checkpoint(job: TrainJob, model: Any, step: int, optimizer_state: dict[str, Any] | None) -> None:
+    """checkpoints/stepS (save_pretrained) + averaged/ weights + optimizer/stepS, each atomically."""
+    with atomic_dir(job.out / CHECKPOINTS / step_dir_name(step)) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for name, state in job.intervention.extra_weights(model, step).items():
+            model.save_pretrained(tmp / name, state_dict=state, safe_serialization=True)
+    if optimizer_state is not None:
+        with atomic_dir(job.out / OPTIMIZER / step_dir_name(step)) as tmp:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+            (tmp / "train_state.json").write_text(json.dumps({"step": step, "next_update": step}) + "\n")
+
+
+def _append_metrics(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep metrics rows up to ``last_step`` (drop a torn last line from a killed run)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step", 0) <= last_step:
+            kept.append(json.dumps(row))
+    atomic_write_text(path, "".join(k + "\n" for k in kept))
+
+
+def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
+    """Run updates ``start_step .. end_step - 1``; return the unwrapped model at ``end_step``."""
+    recipe = job.recipe
+    accelerator = accelerator or make_accelerator(recipe, job.precision)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    batch_size, seq_len = recipe.batch_size, recipe.seq_len
+    micro = job.micro_batch_size or default_micro_batch(batch_size, world)
+    n_accum = accumulation_steps(batch_size, world, micro)
+    main = accelerator.is_main_process
+
+    # --- model and optimizer: weights at start_step, the parent's AdamW, the saved moments -------
+    model = job.model.to(accelerator.device)
+    optimizer = build_optimizer(model, recipe)
+    start = job.start_step
+    if job.resume_from is not None:
+        optimizer.load_state_dict(job.resume_from.optimizer_state())
+        job.intervention.load_state_dict(job.resume_from.intervention_state())
+        set_rng_state(job.resume_from.train_state["rng"])
+        start = job.resume_from.next_update
+    elif job.optimizer_state is not None:
+        optimizer.load_state_dict(job.optimizer_state)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if job.resume_from is not None and accelerator.scaler is not None:
+        scaler_state = job.resume_from.scaler_state()
+        if scaler_state:
+            accelerator.scaler.load_state_dict(scaler_state)
+    unwrapped = accelerator.unwrap_model(model)
+
+    def set_lr(lr: float) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+    def forward_backward(k: int, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Accumulate the gradient of global batch ``k`` (rows given) on this rank; return its mean loss."""
+        loss_sum = torch.zeros((), device=accelerator.device)
+        seen = []
+        micro_ranges = rank_microbatches(k, batch_size, world, rank, micro)
+        for a, r in enumerate(micro_ranges):
+            idx = rows[r.start - k * batch_size : r.stop - k * batch_size]
+            seen.append(idx)
+            tokens = _rows_tensor(job.data, idx).to(accelerator.device)
+            inputs, labels = tokens[:, :-1], tokens[:, 1:]
+            sync = a == len(micro_ranges) - 1
+            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+            with ctx:
+                with accelerator.autocast():
+                    logits = model(input_ids=inputs).logits
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1))
+                accelerator.backward(loss / n_accum)
+            loss_sum += loss.detach()
+        return loss_sum / n_accum, np.concatenate(seen)
+
+    # --- reestimate: rebuild Adam's moments from the batches before N at lr 0 ---------------------
+    if job.resume_from is None and job.reestimate_batches is not None and len(job.reestimate_batches):
+        set_lr(0.0)  # AdamW with lr 0 leaves the weights bit-identical (decay is lr * wd)
+        for k in tqdm(job.reestimate_batches, desc="reestimate", disable=not (main and job.progress)):
+            rows = np.arange(k * batch_size, (k + 1) * batch_size, dtype=np.int64)
+            forward_backward(k, rows)
+            accelerator.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        for state in optimizer.state.values():  # bias correction as at step N, not step M
+            if "step" in state:
+                state["step"] = torch.full_like(torch.as_tensor(state["step"]), float(job.start_step))
+
+    metrics_path = job.out / METRICS
+    if main and job.resume_from is None and job.start_step == start:
+        # fresh start of this job: nothing after start may remain from an earlier attempt
+        truncate_metrics(metrics_path, start)
+
+    # --- the loop ------------------------------------------------------------------------------
+    bar = tqdm(total=job.end_step - start, desc=f"train {start}->{job.end_step}", disable=not (main and job.progress))
+    for n in range(start, job.end_step):
+        step = n + 1
+        lr = job.intervention.lr(n, lr_at(recipe, n))
+        set_lr(lr)
+        default_rows = np.arange(n * batch_size, (n + 1) * batch_size, dtype=np.int64)
+        rows = np.asarray(job.intervention.batch_row_indices(n, default_rows), dtype=np.int64)
+        if rows.shape != default_rows.shape:
+            raise RuntimeError(f"intervention returned {rows.shape[0]} rows for batch {n}; the batch has {batch_size}")
+        loss, seen = forward_backward(n, rows)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        job.intervention.after_step(unwrapped, step)
+
+        loss = accelerator.reduce(loss, reduction="mean")
+        all_seen = accelerator.gather(torch.from_numpy(seen).to(accelerator.device)).cpu().numpy()
+        row = {
+            "step": step,
+            "loss": float(loss),
+            "lr": float(lr),
+            "grad_norm": float(grad_norm),
+            "tokens": step * batch_size * seq_len,
+            "batch_rows": _rows_hash(all_seen),
+        }
+        if main:
+            _append_metrics(metrics_path, row)
+        if job.on_update is not None:
+            job.on_update(row)
+
+        saving = step in job.save_steps or step == job.end_step
+        rolling = job.resumable and (saving or step % job.save_every == 0)
+        if saving or rolling:
+            opt_state = optimizer.state_dict()
+            if main:
+                if saving:
+                    save_checkpoint(job, unwrapped, step, opt_state if job.save_optimizer else None)
+            if main and rolling:
+                write_training_state(
+                    job.out / STATE_DIR,
+                    model=unwrapped,
+                    optimizer_state=opt_state,
+                    next_update=step,
+                    extra={"world_size": world, "micro_batch_size": micro},
+                    intervention_state=job.intervention.state_dict(),
+                    scaler_state=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                )
+            accelerator.wait_for_everyone()
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
+    bar.close()
+    accelerator.wait_for_everyone()
+    return unwrapped
+
+
+def write_start(job: TrainJob, model: Any) -> None:
+    """checkpoints/step{start} (after the load-time transform) and its optimizer state, if any."""
+    save_checkpoint(job, model, job.start_step, job.optimizer_state if job.save_optimizer else None)
+
+
+def resume_point(out: Path) -> SavedState | None:
+    return load_state(Path(out) / STATE_DIR)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def branch(*args: Any, **kwargs: Any) -> Path:
+    """See ``resume.branching.branch`` (kept here so ``resume.engine.branch`` is the one entry point)."""
+    from resume.branching import branch as _branch
+
+    return _branch(*args, **kwargs)

@@ -1,0 +1,112 @@
+"""The run a branch continues: a local trajectory directory or a released run from the registry.
+
+One small adapter so the engine asks the same questions of both: which checkpoint steps exist,
+where the weights of step N are (fetched through checkpoints_cache when needed), whether the full
+optimizer state exists, what the recipe and the data order are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from checkpoints_cache.errors import UserError
+from checkpoints_cache.recipe import Recipe
+from checkpoints_cache.trajectory import Trajectory, describe_nearest
+
+
+@dataclass
+class ParentRun:
+    spec: str  # what the branch records as parent.run: an absolute path or a registry name
+    name: str
+    steps: list[int]  # checkpoints that exist (a branch may start at any of them)
+    grid: list[int]  # the run's declared checkpoint grid (where branches save)
+    recipe: Recipe
+    data_order: dict[str, Any] | None
+    model_config: dict[str, Any]
+    checkpoint_dir: Callable[[int], Path]
+    optimizer_dir: Callable[[int], Path | None]
+    warning_for: Callable[[int], str | None]
+    trajectory: Trajectory | None = None
+
+    def require_step(self, step: int) -> None:
+        if step not in self.steps:
+            raise UserError(
+                f"step {step} is not a checkpoint of {self.name}; nearest available: {describe_nearest(self.steps, step)}"
+            )
+
+
+def open_parent(spec: str | Path) -> ParentRun:
+    """Resolve ``spec`` (trajectory dir or registry name) into a ``ParentRun``."""
+    path = Path(spec)
+    if Trajectory.is_trajectory(path):
+        return _from_trajectory(Trajectory.open(path))
+    if path.exists() and path.is_dir():
+        Trajectory.open(path)  # raises the one-line "not a trajectory directory" error
+    return _from_registry(str(spec))
+
+
+def _from_trajectory(traj: Trajectory) -> ParentRun:
+    data_order = dict(traj.data_order or {}) or None
+    if data_order and data_order.get("path") and not Path(data_order["path"]).is_absolute():
+        data_order["path"] = str((traj.root / data_order["path"]).resolve())
+    domains = (data_order or {}).get("domains")
+    if domains and domains.get("labels") and not Path(domains["labels"]).is_absolute():
+        domains["labels"] = str((traj.root / domains["labels"]).resolve())
+    steps = traj.steps
+    return ParentRun(
+        spec=str(traj.root.resolve()),
+        name=traj.name,
+        steps=steps,
+        grid=traj.grid or steps,
+        recipe=traj.recipe,
+        data_order=data_order,
+        model_config=traj.model_config,
+        checkpoint_dir=traj.checkpoint_dir,
+        optimizer_dir=traj.optimizer_dir,
+        warning_for=lambda step: None,
+        trajectory=traj,
+    )
+
+
+def _from_registry(spec: str) -> ParentRun:
+    from checkpoints_cache.fetch import ensure_checkpoint
+    from checkpoints_cache.registry import resolve_run
+
+    run = resolve_run(spec)
+    if getattr(run, "trajectory", None) is not None:
+        return _from_trajectory(run.trajectory)
+
+    def warning_for(step: int) -> str | None:
+        hits = [d for d in getattr(run, "defects", []) if _defect_hits(d, step)]
+        return "; ".join(_defect_text(d) for d in hits) or None
+
+    return ParentRun(
+        spec=run.name,
+        name=run.name,
+        steps=list(run.steps),
+        grid=list(run.steps),
+        recipe=run.recipe,
+        data_order=run.data_order,
+        model_config=dict(getattr(run, "architecture", {}) or {}),
+        checkpoint_dir=lambda step: ensure_checkpoint(run, step),
+        optimizer_dir=lambda step: None,  # the Hub releases carry weights only (ecosystem.md §0.3)
+        warning_for=warning_for,
+    )
+
+
+def _defect_hits(defect: Any, step: int) -> bool:
+    steps = getattr(defect, "steps", None)
+    if steps is None and isinstance(defect, dict):
+        steps = defect.get("steps")
+    return steps is not None and step in steps
+
+
+def _defect_text(defect: Any) -> str:
+    for key in ("text", "summary", "description"):
+        v = getattr(defect, key, None) if not isinstance(defect, dict) else defect.get(key)
+        if v:
+            issue = getattr(defect, "issue", None) if not isinstance(defect, dict) else defect.get("issue")
+            return f"{issue}: {v}" if issue else str(v)
+    return str(defect)

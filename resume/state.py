@@ -1,0 +1,97 @@
+"""Resumable training state: weights, optimizer, RNG, intervention state and the data cursor.
+
+Saved atomically (temporary directory + rename) to ``TRAJ/state/`` every S updates, so a killed
+branch rerun with ``--resume`` continues from the last save and ends with the same weights as an
+uninterrupted run. Everything is loadable without unpickling arbitrary objects: weights are
+safetensors, tensors go through ``torch.load(weights_only=True)``, the rest is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from checkpoints_cache.trajectory import atomic_dir
+
+STATE_DIR = "state"
+TRAIN_STATE = "train_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+INTERVENTION_FILE = "intervention.pt"
+SCALER_FILE = "scaler.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state().tolist(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+@dataclass
+class SavedState:
+    """What ``load_state`` returns; ``next_update`` is the data cursor: the index of the next update."""
+
+    path: Path
+    next_update: int
+    train_state: dict[str, Any]
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return torch.load(self.path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+
+    def intervention_state(self) -> dict[str, Any]:
+        p = self.path / INTERVENTION_FILE
+        return torch.load(p, map_location="cpu", weights_only=True) if p.exists() else {}
+
+    def scaler_state(self) -> dict[str, Any] | None:
+        p = self.path / SCALER_FILE
+        return torch.load(p, map_location="cpu", weights_only=True) if p.exists() else None
+
+
+def write_training_state(
+    directory: Path,
+    *,
+    model: Any,
+    optimizer_state: dict[str, Any],
+    next_update: int,
+    extra: dict[str, Any],
+    intervention_state: dict[str, Any] | None = None,
+    scaler_state: dict[str, Any] | None = None,
+    with_weights: bool = True,
+) -> None:
+    """Write one complete state directory atomically (``directory`` appears only when complete)."""
+    with atomic_dir(directory) as tmp:
+        if with_weights:
+            model.save_pretrained(tmp, safe_serialization=True)
+        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+        if intervention_state:
+            torch.save(intervention_state, tmp / INTERVENTION_FILE)
+        if scaler_state is not None:
+            torch.save(scaler_state, tmp / SCALER_FILE)
+        info = {"next_update": int(next_update), "step": int(next_update), "rng": rng_state(), **extra}
+        (tmp / TRAIN_STATE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+
+
+def load_state(directory: Path) -> SavedState | None:
+    """The saved state in ``directory`` if it is complete, else None."""
+    directory = Path(directory)
+    meta = directory / TRAIN_STATE
+    if not meta.is_file() or not (directory / OPTIMIZER_FILE).is_file():
+        return None
+    info = json.loads(meta.read_text())
+    return SavedState(path=directory, next_update=int(info["next_update"]), train_state=info)
