@@ -127,10 +127,9 @@ def save_checkpoint(job: TrainJob, model: Any, step: int, optimizer_state: dict[
 
 
 def _append_metrics(path: Path, row: dict[str, Any]) -> None:
+    # No fsync per line: rows after the last saved state are dropped on --resume anyway.
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
@@ -214,6 +213,8 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
                 state["step"] = torch.full_like(torch.as_tensor(state["step"]), float(job.start_step))
 
     metrics_path = job.out / METRICS
+    if main:
+        job.out.mkdir(parents=True, exist_ok=True)
     if main and job.resume_from is None and job.start_step == start:
         # fresh start of this job: nothing after start may remain from an earlier attempt
         truncate_metrics(metrics_path, start)
