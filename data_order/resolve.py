@@ -1,0 +1,120 @@
+"""RUN -> where its data order lives: a trajectory directory, or a registry run (checkpoints_cache).
+
+A trajectory's ``trajectory.json`` carries ``"data_order": {"kind": "mmidx", "path": "data",
+"batch_size": B, "seq_len": T, ...}`` with ``path`` relative to the trajectory directory.
+Kind ``"amber"``: ``path`` is a folder of LLM360 ``train_KKK.jsonl`` chunks (or with them under
+``train/``), ``batch_size`` 2240 and ``seq_len`` 2048. Registry runs are resolved by ``checkpoints_cache.registry.resolve_run(spec).data_order`` (same
+keys plus ``exactness``), when that module exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .mmidx import DataOrderError
+
+TRAJECTORY_FILE = "trajectory.json"  # checkpoints_cache.trajectory.TRAJECTORY_FILE
+KINDS = ("mmidx", "amber")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What ``TokenRows`` needs; unpacks as ``(path, batch_size, seq_len)``: ``TokenRows(*spec)``."""
+
+    path: str
+    batch_size: int
+    seq_len: int
+    kind: str = "mmidx"
+    exactness: str = "exact"
+    source: str = ""
+    steps_per_chunk: int | None = None  # kind "amber" only (default 762); lets tests use tiny chunks
+    tokenizer: str | None = None  # name or path for --decode, when the run declares one
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.path, self.batch_size, self.seq_len))
+
+    def token_rows(self):
+        from .source import TokenRows
+
+        return TokenRows(self.path, self.batch_size, self.seq_len)
+
+
+KIND_ALIASES = {"amber-chunks": "amber"}  # the registry's name for LLM360 Amber's chunk files
+
+
+def _from_data_order(order: dict[str, Any] | None, base: Path | None, source: str, fetch_hint: str = "") -> DataSpec:
+    if not order:
+        raise DataOrderError(f"{source} declares no data order; pass --data PREFIX --batch-size B --seq-len T instead")
+    kind = str(order.get("kind", "mmidx"))
+    kind = KIND_ALIASES.get(kind, kind)
+    if kind not in KINDS:
+        note = f" ({order['note']})" if order.get("note") else ""
+        raise DataOrderError(
+            f"{source} has data order of kind {kind!r}{note}; `branchpoint batch` reads kinds 'mmidx' (.idx/.bin or "
+            "shards) and 'amber' (a folder of LLM360 train_KKK.jsonl chunks)"
+        )
+    if order.get("path") in (None, "") and fetch_hint:
+        raise DataOrderError(f"the data of {source} is not in the local cache; {fetch_hint}")
+    missing = [k for k in ("path", "batch_size", "seq_len") if order.get(k) in (None, "")]
+    if missing:
+        raise DataOrderError(f"the data_order of {source} lacks {', '.join(missing)}; it needs kind, path, batch_size, seq_len")
+    path = Path(str(order["path"]))
+    if base is not None and not path.is_absolute():
+        path = base / path
+    default_exactness = "exact" if kind == "mmidx" else "chunk-exact, order within chunk unknown"
+    return DataSpec(
+        path=str(path),
+        batch_size=int(order["batch_size"]),
+        seq_len=int(order["seq_len"]),
+        kind=kind,
+        exactness=str(order.get("exactness") or default_exactness),
+        source=source,
+        steps_per_chunk=int(order["steps_per_chunk"]) if order.get("steps_per_chunk") else None,
+        tokenizer=str(order["tokenizer"]) if order.get("tokenizer") else None,
+    )
+
+
+def _registry():
+    try:
+        return importlib.import_module("checkpoints_cache.registry")
+    except ModuleNotFoundError as e:
+        if e.name == "checkpoints_cache.registry":
+            return None
+        raise
+
+
+def resolve_data(run_spec: str) -> DataSpec:
+    """The data order of ``run_spec``: a trajectory directory, or a name the registry knows."""
+    p = Path(run_spec)
+    if p.is_dir():
+        meta_path = p / TRAJECTORY_FILE
+        if not meta_path.is_file():
+            raise DataOrderError(
+                f"{run_spec} is a directory but not a trajectory (no {TRAJECTORY_FILE}); for raw data use --data {run_spec} "
+                "--batch-size B --seq-len T"
+            )
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataOrderError(f"{meta_path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+        return _from_data_order(meta.get("data_order"), p, f"trajectory {run_spec}")
+    registry = _registry()
+    if registry is None:
+        raise DataOrderError(
+            f"{run_spec!r} is neither a trajectory directory nor a known run; pass a trajectory directory or "
+            "--data PREFIX --batch-size B --seq-len T"
+        )
+    run = registry.resolve_run(run_spec)  # raises UserError for unknown names
+    order = getattr(run, "data_order", None)
+    if order is None and isinstance(run, dict):
+        order = run.get("data_order")
+    order = dict(order) if order else None
+    repo_id = getattr(run, "repo_id", None)
+    if order and not order.get("tokenizer") and repo_id:
+        order["tokenizer"] = repo_id  # --decode: the model repo carries the tokenizer (if in the HF cache)
+    hint = f"run `branchpoint fetch {run_spec} --step N --data-steps K` first"
+    return _from_data_order(order, None, f"run {run_spec}", fetch_hint=hint)
