@@ -7,6 +7,7 @@ optimizer state exists, what the recipe and the data order are.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +41,12 @@ class ParentRun:
 def open_parent(spec: str | Path) -> ParentRun:
     """Resolve ``spec`` (trajectory dir or registry name) into a ``ParentRun``."""
     path = Path(spec)
+    if str(spec).lower() in ("toy", "toy-small", "toy-tiny") and not path.exists():
+        from checkpoints_cache.registry import TOY_ALIASES
+        from resume.toy import ensure_toy
+
+        size = TOY_ALIASES[str(spec).lower()]
+        path = ensure_toy(Path(os.environ.get("BRANCHPOINT_TOY_DIR", "runs")) / f"toy-{size}", size=size)
     if Trajectory.is_trajectory(path):
         return _from_trajectory(Trajectory.open(path))
     if path.exists() and path.is_dir():
@@ -71,17 +78,17 @@ def _from_trajectory(traj: Trajectory) -> ParentRun:
 
 
 def _from_registry(spec: str) -> ParentRun:
-    from checkpoints_cache.fetch import ensure_checkpoint
+    from checkpoints_cache.fetch import ensure_checkpoint, step_warnings
     from checkpoints_cache.registry import resolve_run
 
     run = resolve_run(spec)
     if getattr(run, "trajectory", None) is not None:
         return _from_trajectory(run.trajectory)
-
-    def warning_for(step: int) -> str | None:
-        hits = [d for d in getattr(run, "defects", []) if _defect_hits(d, step)]
-        return "; ".join(_defect_text(d) for d in hits) or None
-
+    if run.trust_remote_code_required:
+        raise UserError(
+            f"{run.name} needs trust_remote_code, which branchpoint does not enable for training; "
+            "fetch and inspect it with `branchpoint fetch --trust-remote-code`"
+        )
     return ParentRun(
         spec=run.name,
         name=run.name,
@@ -89,24 +96,8 @@ def _from_registry(spec: str) -> ParentRun:
         grid=list(run.steps),
         recipe=run.recipe,
         data_order=run.data_order,
-        model_config=dict(getattr(run, "architecture", {}) or {}),
+        model_config=dict(run.architecture or {}),
         checkpoint_dir=lambda step: ensure_checkpoint(run, step),
         optimizer_dir=lambda step: None,  # the Hub releases carry weights only (ecosystem.md §0.3)
-        warning_for=warning_for,
+        warning_for=lambda step: "; ".join(w.removeprefix("warning: ") for w in step_warnings(run, step)) or None,
     )
-
-
-def _defect_hits(defect: Any, step: int) -> bool:
-    steps = getattr(defect, "steps", None)
-    if steps is None and isinstance(defect, dict):
-        steps = defect.get("steps")
-    return steps is not None and step in steps
-
-
-def _defect_text(defect: Any) -> str:
-    for key in ("text", "summary", "description"):
-        v = getattr(defect, key, None) if not isinstance(defect, dict) else defect.get(key)
-        if v:
-            issue = getattr(defect, "issue", None) if not isinstance(defect, dict) else defect.get("issue")
-            return f"{issue}: {v}" if issue else str(v)
-    return str(defect)

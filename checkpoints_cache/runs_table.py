@@ -1,0 +1,163 @@
+"""The released runs branchpoint knows, as plain data rows (no logic beyond building the rows).
+
+Sources: pythia.md §1.1 (names), §1.3 (config facts), §2.1-§2.2 (recipes), §4.1 (data-order repos);
+llm360.md §1.1/§1.3/§1.4 (repos, revisions), §3 (data order), §4 (recipes).
+``registry.py`` turns a row into a ``RunInfo``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .grids import AMBER_GRID, K2_GRID, PYTHIA_GRID
+
+# size: (layers, d_model, heads, peak lr, vocab_size, precision, init)   -- pythia.md §2.2, §1.3
+PYTHIA_SIZES: dict[str, tuple[int, int, int, float, int, str, str]] = {
+    "14m": (6, 128, 4, 1e-3, 50304, "fp16", "small_init/wang_init"),
+    "31m": (6, 256, 8, 1e-3, 50304, "fp16", "small_init/wang_init"),
+    "70m": (6, 512, 8, 1e-3, 50304, "fp16", "small_init/wang_init"),
+    "160m": (12, 768, 12, 6e-4, 50304, "fp16", "small_init/wang_init"),
+    "410m": (24, 1024, 16, 3e-4, 50304, "fp16", "small_init/wang_init"),
+    # 1b: the yml says fp16 and lr 2.5e-4; the README says the released run was bf16 (pythia.md §2.1).
+    "1b": (16, 2048, 8, 2.5e-4, 50304, "bf16", "small_init/wang_init"),
+    "1.4b": (24, 2048, 16, 2e-4, 50304, "fp16", "small_init/wang_init"),
+    "2.8b": (32, 2560, 32, 1.6e-4, 50304, "fp16", "small_init/wang_init"),
+    # 6.9b / 12b: default init normal(0.02) + scaled_normal (pythia.md §2.2, pythia#135); vocab per pythia#68.
+    "6.9b": (32, 4096, 32, 1.2e-4, 50432, "fp16", "normal/scaled_normal"),
+    "12b": (36, 5120, 40, 1.2e-4, 50688, "fp16", "normal/scaled_normal"),
+}
+MAIN_SUITE = ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+SEED_SIZES = ("14m", "31m", "70m", "160m", "410m")  # PolyPythias -seed1..9 (pythia.md §1.1)
+
+PILE_DEDUPED = "EleutherAI/pile-deduped-pythia-preshuffled"
+PILE_STANDARD = "EleutherAI/pile-standard-pythia-preshuffled"
+
+
+def _pythia_recipe(lr: float, precision: str, init: str, seed: int = 1234) -> dict[str, Any]:
+    # pythia.md §2.1: warmup 0.01 * 143000 = 1430, lr-decay-iters 143000, min_lr = 0.1 lr, Adam(W)
+    # betas 0.9/0.95 eps 1e-8, weight decay 0.1, clip 1.0, global batch 1024 x seq 2048, seed 1234.
+    return dict(
+        lr=lr, min_lr=round(lr * 0.1, 12), warmup_iters=1430, decay_iters=143000, train_iters=143000,
+        schedule="neox-cosine", betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, grad_clip=1.0,
+        batch_size=1024, seq_len=2048, precision=precision, seed=seed, extra={"init": init},
+    )
+
+
+def _pythia_arch(layers: int, d: int, heads: int, vocab: int) -> dict[str, Any]:
+    # pythia.md §1.3: GPTNeoX, parallel residual, rotary on 25% of dims (base 10000), untied embeddings.
+    return {
+        "model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"], "num_hidden_layers": layers,
+        "hidden_size": d, "num_attention_heads": heads, "intermediate_size": 4 * d, "vocab_size": vocab,
+        "rotary_pct": 0.25, "rotary_emb_base": 10000, "use_parallel_residual": True, "tie_word_embeddings": False,
+        "layer_norm_eps": 1e-5, "hidden_act": "gelu", "max_position_embeddings": 2048,
+    }
+
+
+def _mmidx_order(repo: str | None, exactness: str, note: str = "") -> dict[str, Any]:
+    return {"kind": "mmidx" if repo else "unknown", "repo_id": repo, "repo_type": "dataset", "revision": "main",
+            "batch_size": 1024, "seq_len": 2048, "exactness": exactness, "note": note}
+
+
+def pythia_rows() -> list[dict[str, Any]]:
+    rows = []
+    for size in MAIN_SUITE:
+        L, d, h, lr, vocab, prec, init = PYTHIA_SIZES[size]
+        for dedup in (False, True):
+            name = f"pythia-{size}" + ("-deduped" if dedup else "")
+            rows.append(dict(
+                name=name, repo_id=f"EleutherAI/{name}", family="pythia", scheme="stepN", grid=PYTHIA_GRID,
+                recipe=_pythia_recipe(lr, prec, init), architecture=_pythia_arch(L, d, h, vocab),
+                data_order=_mmidx_order(PILE_DEDUPED if dedup else PILE_STANDARD, "exact"),
+                notes=["step143000 equals main (pythia.md §1.2)"],
+            ))
+    for size in ("14m", "31m"):
+        L, d, h, lr, vocab, prec, init = PYTHIA_SIZES[size]
+        rows.append(dict(
+            name=f"pythia-{size}", repo_id=f"EleutherAI/pythia-{size}", family="pythia", scheme="stepN",
+            grid=PYTHIA_GRID, recipe=_pythia_recipe(lr, prec, init), architecture=_pythia_arch(L, d, h, vocab),
+            # Its yml points at the deduped Pile; which Pile it really used is unverified (pythia.md §1.1).
+            data_order=_mmidx_order(PILE_DEDUPED, "unknown", "yml says deduped Pile; unverified (pythia.md §1.1)"),
+            notes=["added 2023-11; training data (standard vs deduped Pile) unverified"],
+        ))
+    seed_note = "main holds only .gitattributes: always load a stepN revision (pythia.md §1.1)"
+    unknown_order = ("standard Pile shuffled with this seed; only index maps exist (EleutherAI/pile-preshuffled-seeds),"
+                     " no preshuffled rows")
+    for size in SEED_SIZES:
+        L, d, h, lr, vocab, prec, init = PYTHIA_SIZES[size]
+        for k in range(1, 10):
+            rows.append(dict(
+                name=f"pythia-{size}-seed{k}", repo_id=f"EleutherAI/pythia-{size}-seed{k}", family="pythia",
+                scheme="stepN", grid=PYTHIA_GRID, recipe=_pythia_recipe(lr, prec, init, seed=k),
+                architecture=_pythia_arch(L, d, h, vocab),
+                # A seed changes both init and data shuffle (pythia#142).
+                data_order=_mmidx_order(None, "unknown", unknown_order), notes=[seed_note],
+            ))
+    L, d, h, lr, vocab, prec, init = PYTHIA_SIZES["160m"]
+    for k in range(1, 4):
+        rows.append(dict(
+            name=f"pythia-160m-data-seed{k}", repo_id=f"EleutherAI/pythia-160m-data-seed{k}", family="pythia",
+            scheme="stepN", grid=PYTHIA_GRID, recipe=_pythia_recipe(lr, prec, init, seed=k),
+            architecture=_pythia_arch(L, d, h, vocab),
+            data_order=_mmidx_order(None, "unknown", unknown_order), notes=[seed_note, "only the data order differs"],
+        ))
+        rows.append(dict(
+            name=f"pythia-160m-weight-seed{k}", repo_id=f"EleutherAI/pythia-160m-weight-seed{k}", family="pythia",
+            scheme="stepN", grid=PYTHIA_GRID, recipe=_pythia_recipe(lr, prec, init, seed=k),
+            architecture=_pythia_arch(L, d, h, vocab),
+            # Only the init differs, so the data order is the standard run's (model card "Naming Convention").
+            data_order=_mmidx_order(PILE_STANDARD, "exact"), notes=[seed_note, "only the init differs"],
+        ))
+    return rows
+
+
+def llm360_rows() -> list[dict[str, Any]]:
+    amber = dict(
+        name="amber", repo_id="LLM360/Amber", family="amber", scheme="amber", grid=AMBER_GRID,
+        # llm360.md §4: AdamW 0.9/0.95, wd 0.1, clip 1.0, lr 3e-4, warmup 2000, cosine to 3e-5 over 274,320.
+        recipe=dict(lr=3e-4, min_lr=3e-5, warmup_iters=2000, decay_iters=274320, train_iters=274320,
+                    schedule="linear-warmup-cosine", betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, grad_clip=1.0,
+                    batch_size=2240, seq_len=2048, precision="bf16", seed=11111),
+        # llm360.md §1.1: LlamaForCausalLM, 32 x 4096, MLP 11008, 32 heads, RMSNorm 1e-6, vocab 32000.
+        architecture={"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 32,
+                      "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
+                      "rms_norm_eps": 1e-6, "vocab_size": 32000, "max_position_embeddings": 2048},
+        data_order={"kind": "amber-chunks", "repo_id": "LLM360/AmberDatasets", "repo_type": "dataset",
+                    "revision": "main", "batch_size": 2240, "seq_len": 2048, "exactness": "chunk-level",
+                    "note": "ckpt_k trained on train_k.jsonl; the order within a chunk is not recoverable (llm360.md §3.1)"},
+        notes=["ckpt_000 is after the first chunk (step 762), not the initialization; fp32 .bin shards, ~27 GB each"],
+    )
+    k2 = dict(
+        name="k2", repo_id="LLM360/K2", family="k2", scheme="k2", grid=K2_GRID,
+        # llm360.md §4: lr 1.5e-4, warmup 2000, cosine to 1.5e-5 over 338,760, batch 2040, bf16, seed 22238.
+        recipe=dict(lr=1.5e-4, min_lr=1.5e-5, warmup_iters=2000, decay_iters=338760, train_iters=338760,
+                    schedule="linear-warmup-cosine", betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, grad_clip=1.0,
+                    batch_size=2040, seq_len=2048, precision="bf16", seed=22238),
+        architecture={"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 80,
+                      "hidden_size": 8192, "intermediate_size": 22016, "num_attention_heads": 64,
+                      "rms_norm_eps": 1e-5, "vocab_size": 32032, "max_position_embeddings": 2048},
+        data_order={"kind": "k2-chunks", "repo_id": "LLM360/K2Datasets", "repo_type": "dataset", "revision": "main",
+                    "batch_size": 2040, "seq_len": 2048, "exactness": "chunk-level",
+                    "note": ("chunk order hard-coded in k2-train/main.py; rows within a chunk are exact only if the "
+                             "released chunks are the shuffled ones (unverified, llm360.md §3.3)")},
+        notes=["ckpt_k = iteration 941*k (1-based naming inferred, llm360.md §1.4); stage 2 not covered"],
+    )
+    crystal = dict(
+        name="crystal", repo_id="LLM360/CrystalCoder", family="crystal", scheme="crystal", grid=(),
+        # llm360.md §4, phase 1 values; phases 2-3 change lr and schedule (see "extra").
+        recipe=dict(lr=0.012, min_lr=1.2408e-4, warmup_iters=86, decay_iters=294337, train_iters=79721,
+                    schedule="linear-warmup-linear", betas=(0.9, 0.95), eps=1e-9, weight_decay=0.1, grad_clip=1.0,
+                    batch_size=2112, seq_len=2048, precision="bf16", seed=1,
+                    extra={"mup": True, "phases": 3, "note": "phase 2/3 recipes differ (llm360.md §4)"}),
+        architecture={"model_type": "crystalcoder", "architectures": ["CrystalCoderLMHeadModel"], "n_layer": 32,
+                      "n_embd": 4096, "n_inner": 10922, "n_head": 32, "vocab_size": 32032, "n_positions": 2048},
+        data_order={"kind": "unknown", "repo_id": "LLM360/CrystalCoderDatasets", "repo_type": "dataset",
+                    "revision": "main", "batch_size": 2112, "seq_len": 2048, "exactness": "unknown",
+                    "note": "Cerebras HDF5 mixtures; step -> rows needs ModelZoo sampling semantics (llm360.md §3.2)"},
+        trust_remote_code=True,
+        notes=["branches CrystalCoder_phase{1,2,3}_checkpoint_NNNNNN; the grid is known only from the Hub (--remote)"],
+    )
+    return [amber, k2, crystal]
+
+
+def all_rows() -> list[dict[str, Any]]:
+    return pythia_rows() + llm360_rows()
