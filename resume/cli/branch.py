@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 
 
+def _intervention_keys() -> str:
+    from resume.interventions.spec import describe_registry
+
+    return "interventions and their keys:\n" + "\n".join("  " + line for line in describe_registry().splitlines())
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "branch",
@@ -17,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
         "  branchpoint branch runs/toy-small --from-step 400 --steps 200 --intervention none --out runs/control\n"
         "  branchpoint branch runs/toy-small --from-step 400 --steps 200 --intervention lawa:k=5,every=50,mode=replace\n"
-        "  ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m resume branch runs/toy-small --from-step 400 --steps 20",
+        "  ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m resume branch runs/toy-small --from-step 400 --steps 20\n\n"
+        + _intervention_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", metavar="RUN", help="trajectory directory or registry name (see `branchpoint runs`)")

@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="out/demo", help="where the branches and the comparison go (default: out/demo)")
     p.add_argument("--toy", default="runs/toy-small", help="the toy trajectory to use or build (default: runs/toy-small)")
+    p.add_argument("--size", default="small", metavar="SIZE", help="toy size to build if missing: small (default) or tiny")
     p.add_argument("--from-step", type=int, default=400, metavar="N", help="branch step (default: 400, mid-run)")
     p.add_argument("--steps", type=int, default=200, metavar="K", help="updates per branch (default: 200)")
     p.add_argument("--intervention", default=DEFAULT_LAWA, metavar="SPEC", help=f"the treated branch (default: {DEFAULT_LAWA})")
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from resume.toy import ensure_toy
 
     out = Path(args.out)
-    toy = ensure_toy(args.toy, size="small")
+    toy = ensure_toy(args.toy, size=args.size)
     print(f"toy trajectory: {toy}")
     control = _branch_once(toy, out / "control", args.from_step, args.steps, "none")
     treated = _branch_once(toy, out / "lawa", args.from_step, args.steps, args.intervention)

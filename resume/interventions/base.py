@@ -20,7 +20,9 @@ The engine (``resume.engine``) calls these hooks, in this order, on every proces
    continues exactly.
 
 ``model`` is always the unwrapped ``transformers`` model (never the DDP wrapper). Hooks must act the
-same on every process (they see the same weights), and must keep snapshots off the accelerator.
+same on every process (they see the same weights). Checkpoint snapshots (LAWA) live off the
+accelerator; a running shadow such as an EMA may stay where the weights are (copying it to the CPU
+every step would cost more than the step on a GPU; ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
