@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
@@ -92,6 +93,27 @@ def make_accelerator(recipe: Recipe, precision: str | None = None) -> Accelerato
             "on CPU launch with `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N ...`"
         )
     return accelerator
+
+
+# Plain and DDP runs: every process holds whole gradients, so torch's own clipping and zeroing are
+# the same computation as accelerate's wrappers, which cost ~1 ms of Python checks per update (5% of
+# a toy step on CPU; benchmarks/RESULTS.md). FSDP / DeepSpeed / XLA go through accelerate.
+PLAIN_TYPES = {DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU}
+
+
+def clip_gradients(accelerator: Accelerator, model: Any, params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    if accelerator.distributed_type in PLAIN_TYPES:
+        if accelerator.scaler is not None:
+            accelerator.unscale_gradients()  # fp16: clip the true gradients, as accelerate does
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return accelerator.clip_grad_norm_(model.parameters(), max_norm)
+
+
+def zero_gradients(accelerator: Accelerator, optimizer: Any) -> None:
+    if accelerator.distributed_type in PLAIN_TYPES:
+        optimizer.optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.zero_grad(set_to_none=True)
 
 
 def default_micro_batch(batch_size: int, world_size: int) -> int:
@@ -174,6 +196,7 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
         if scaler_state:
             accelerator.scaler.load_state_dict(scaler_state)
     unwrapped = accelerator.unwrap_model(model)
+    params = [p for p in model.parameters() if p.requires_grad]
 
     def set_lr(lr: float) -> None:
         for group in optimizer.param_groups:
@@ -205,9 +228,9 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
         for k in tqdm(job.reestimate_batches, desc="reestimate", disable=not (main and job.progress)):
             rows = np.arange(k * batch_size, (k + 1) * batch_size, dtype=np.int64)
             forward_backward(k, rows)
-            accelerator.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            clip_gradients(accelerator, model, params, recipe.grad_clip)
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            zero_gradients(accelerator, optimizer)
         for state in optimizer.state.values():  # bias correction as at step N, not step M
             if "step" in state:
                 state["step"] = torch.full_like(torch.as_tensor(state["step"]), float(job.start_step))
@@ -230,9 +253,9 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
         if rows.shape != default_rows.shape:
             raise RuntimeError(f"intervention returned {rows.shape[0]} rows for batch {n}; the batch has {batch_size}")
         loss, seen = forward_backward(n, rows)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        grad_norm = clip_gradients(accelerator, model, params, recipe.grad_clip)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        zero_gradients(accelerator, optimizer)
         job.intervention.after_step(unwrapped, step)
 
         loss = accelerator.reduce(loss, reduction="mean")
