@@ -1,0 +1,133 @@
+"""Figures of a comparison, drawn from the tidy table alone (so a re-plot needs no model).
+
+Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend switch, so it is
+safe inside notebooks and headless CI). Each figure is written as PNG and SVG, atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+# (metric, y label, title); param_distance has no seed band: a seed changes the init (pythia.md
+# §1.1, "A seed changes both the init and the data shuffle"), so its weight-space distance is no
+# noise floor for a branch that shares the parent's weights.
+PANELS = {
+    "loss": ("eval loss (nats/token)", "Held-out loss"),
+    "delta_loss": ("Δ loss vs parent (nats/token)", "Loss difference (model − parent)"),
+    "kl": ("KL(parent ‖ model) (nats/token)", "Output divergence"),
+    "param_distance": ("‖θ − θ_parent‖ / ‖θ_parent − θ_parent(N)‖", "Parameter distance (relative)"),
+    "top1_agreement": ("share of positions", "Top-1 agreement with parent"),
+}
+BANDED = {"loss", "delta_loss", "kl", "top1_agreement"}
+# The value the parent itself has for each divergence metric (a member of the seed band).
+PARENT_VALUE = {"delta_loss": 0.0, "kl": 0.0, "top1_agreement": 1.0}
+
+
+@dataclass
+class PlotSpec:
+    parent_label: str
+    branch_steps: list[int]
+    runs: list[str]  # compared runs in display order (branches; seeds excluded)
+    seed_labels: list[str] = field(default_factory=list)
+    title: str = ""
+    legend: dict[str, str] = field(default_factory=dict)  # run -> legend text (e.g. with its intervention)
+
+
+def _draw(ax, df: pd.DataFrame, metric: str, spec: PlotSpec, colors: dict[str, str]) -> None:
+    ylabel, title = PANELS[metric]
+    sub = df[df.metric == metric]
+    if metric in BANDED and spec.seed_labels:
+        band = sub[sub.run.isin(spec.seed_labels)].pivot_table(index="step", columns="run", values="value")
+        if not band.empty:
+            if metric == "loss":
+                parent = sub[sub.run == spec.parent_label].set_index("step")["value"]
+                band = band.join(parent.rename("parent"), how="left")
+            else:
+                band["parent"] = PARENT_VALUE[metric]
+            ax.fill_between(band.index, band.min(axis=1), band.max(axis=1), color="0.6", alpha=0.3, lw=0,
+                            label=f"seed spread ({len(spec.seed_labels)} seed run{'s' if len(spec.seed_labels) > 1 else ''})")
+    if metric == "loss":
+        parent = sub[sub.run == spec.parent_label].sort_values("step")
+        # Wide and pale under the branches, so a control that coincides with it stays visible.
+        ax.plot(parent.step, parent.value, color="black", alpha=0.35, lw=4.0, zorder=1, label=spec.parent_label)
+    elif metric in PARENT_VALUE:
+        ax.axhline(PARENT_VALUE[metric], color="black", lw=0.8, alpha=0.6)
+    for run in spec.runs:
+        for weights, style in (("trained", "-"), ("averaged", "--")):
+            line = sub[(sub.run == run) & (sub.weights == weights)].sort_values("step")
+            if line.empty:
+                continue
+            name = spec.legend.get(run, run)
+            label = name if weights == "trained" else f"{name}, averaged weights"
+            ax.plot(line.step, line.value, style, color=colors[run], marker="o" if weights == "trained" else "s",
+                    ms=3, lw=1.4, zorder=3, label=label)
+    for i, n in enumerate(sorted(set(spec.branch_steps))):
+        ax.axvline(n, color="tab:red", ls=":", lw=1.2, label="branch step" if i == 0 else None)
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useOffset=False)
+
+
+def _colors(runs: list[str]) -> dict[str, str]:
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+    return {r: palette[i % len(palette)] for i, r in enumerate(runs)}
+
+
+def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
+    FigureCanvasAgg(fig)
+    paths = []
+    for ext in ("png", "svg"):
+        final = out / f"{stem}.{ext}"
+        tmp = out / f".{stem}.{ext}.tmp"
+        fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight")
+        os.replace(tmp, final)
+        paths.append(final)
+    return paths
+
+
+def write_figures(df: pd.DataFrame, out: str | Path, spec: PlotSpec) -> list[Path]:
+    """One figure per metric family plus ``overview`` (loss, Δloss, KL, parameter distance)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    colors = _colors(spec.runs)
+    written: list[Path] = []
+    present = set(df.metric)
+    for metric in PANELS:
+        if metric not in present:
+            continue
+        fig = Figure(figsize=(6.4, 4.0))
+        ax = fig.add_subplot()
+        _draw(ax, df, metric, spec, colors)
+        # Below the axes: never on top of the curves, whatever the label lengths.
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+        if spec.title:
+            fig.suptitle(spec.title, fontsize=9, color="0.3")
+        written += _save(fig, out, metric)
+    fig = Figure(figsize=(11, 7.5))
+    axes = fig.subplots(2, 2)
+    for ax, metric in zip(axes.flat, ["loss", "delta_loss", "kl", "param_distance"]):
+        if metric in present:
+            _draw(ax, df, metric, spec, colors)
+        else:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, f"{metric}: not defined for these runs\n(see summary.md)", ha="center", va="center")
+    handles, labels = {}, []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    fig.legend([handles[lab] for lab in labels], labels, loc="upper center", ncol=min(3, len(labels)), fontsize=9,
+               bbox_to_anchor=(0.5, 0.0), frameon=False)
+    fig.suptitle(spec.title or "Branch vs parent", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    written += _save(fig, out, "overview")
+    return written
