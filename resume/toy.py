@@ -143,9 +143,16 @@ def sample_rows(rng: np.random.Generator, chain: MarkovChain, n: int, length: in
     return out
 
 
-def make_corpus(size: ToySize, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(rows [N, seq_len + 1] uint16 in training order, domain label per row, corpus facts)."""
-    rng = np.random.default_rng(seed)
+CORPUS_SEED = 1234  # the language itself; a toy --seed changes the init and the shuffle only
+
+
+def make_corpus(size: ToySize, shuffle_seed: int, corpus_seed: int = CORPUS_SEED) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(rows [N, seq_len + 1] uint16 in training order, domain label per row, corpus facts).
+
+    The chains and their samples come from ``corpus_seed``; the preshuffled order from
+    ``shuffle_seed``. Like the PolyPythias (pythia.md §1.1: a seed changes the init and the data
+    shuffle), toy seed variants see the same corpus in another order."""
+    rng = np.random.default_rng(corpus_seed)
     total = (size.train_iters + size.heldout_batches) * size.batch_size
     counts = [int(round(d.share * total)) for d in DOMAINS[:-1]]
     counts.append(total - sum(counts))
@@ -155,7 +162,8 @@ def make_corpus(size: ToySize, seed: int) -> tuple[np.ndarray, np.ndarray, dict[
         rows.append(sample_rows(rng, chain, n, size.seq_len + 1))
         labels.append(np.full(n, i, dtype=np.int64))
         entropy[domain.name] = chain.entropy_rate()
-    order = rng.permutation(total)  # the preshuffled order: global batch k = rows [kB, (k+1)B)
+    # the preshuffled order: global batch k = rows [kB, (k+1)B)
+    order = np.random.default_rng([shuffle_seed, 1]).permutation(total)
     all_rows = np.concatenate(rows)[order].astype(np.uint16)
     all_labels = np.concatenate(labels)[order]
     floor = sum(entropy[d.name] * c / total for d, c in zip(DOMAINS, counts))
@@ -258,7 +266,7 @@ def build_toy(out: str | Path, size: str = "small", seed: int = 1234, progress: 
             },
             "parent": None,
             "toy": {"size": size, **{k: getattr(spec, k) for k in spec.__dataclass_fields__}},
-            "seeds": {"corpus": seed, "init": seed, "recipe": seed},
+            "seeds": {"corpus": CORPUS_SEED, "shuffle": seed, "init": seed, "recipe": seed},
             "versions": library_versions(),
             "engine": {"micro_batch_size": spec.batch_size, "world_size": 1},
         }

@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default=None, help="trajectory directory to write (default: runs/toy-SIZE)")
     p.add_argument("--size", default="small", metavar="SIZE", help="tiny (tests, seconds) or small (the demo, default)")
-    p.add_argument("--seed", type=int, default=1234, help="corpus, init and recipe seed (another seed = a seed variant)")
+    p.add_argument("--seed", type=int, default=1234, help="init and data-shuffle seed: another seed is a seed variant of the same corpus, as the PolyPythias")
     p.set_defaults(func=run)
 
 

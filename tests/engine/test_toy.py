@@ -54,3 +54,19 @@ def test_toy_alias_for_steps_and_branch(toy_tiny: Path, tmp_path: Path, monkeypa
     assert cli(["steps", "toy"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "branchpoint toy --size small" in err[0]
+
+
+def test_seed_variant_same_corpus_other_order_and_init(toy_tiny: Path, tmp_path: Path):
+    from data_order.source import TokenRows
+
+    variant = build_toy(tmp_path / "seed7", size="tiny", seed=7, progress=False)
+    a = TokenRows(toy_tiny / "data", 8, 32)
+    b = TokenRows(variant / "data", 8, 32)
+    ra, rb = a.rows(0, a.num_rows), b.rows(0, b.num_rows)
+    assert not np.array_equal(ra, rb)  # another shuffle ...
+    key = lambda r: sorted(map(bytes, r))  # noqa: E731
+    assert key(ra) == key(rb)  # ... of the very same rows
+    from tests.engine.helpers import same_weights, weights
+
+    assert not same_weights(weights(toy_tiny, 0), weights(variant, 0))  # another init
+    assert Trajectory.open(variant).meta["seeds"] == {"corpus": 1234, "shuffle": 7, "init": 7, "recipe": 7}
