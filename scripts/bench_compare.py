@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch intra-op threads for both sides (1: stable timings on a shared 2-core machine)")
     ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available, as compare does)")
     ap.add_argument("--workdir", default=None, help="keep the toy and branches here (default: a temp dir, deleted)")
-    ap.add_argument("--out", default=None, help="write the Markdown result here (e.g. benchmarks/parts/compare.md)")
+    ap.add_argument("--out", default=None, help="write the Markdown result here (e.g. /tmp/compare.md)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

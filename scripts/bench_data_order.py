@@ -173,7 +173,7 @@ def main() -> int:
     ap.add_argument("--num-shards", type=int, default=21)
     ap.add_argument("--reads", type=int, default=60, help="random batch reads per regime and reader")
     ap.add_argument("--dir", type=Path, default=None, help="where to generate (default: a temp dir)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "benchmarks" / "parts" / "data_order.md")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_data_order.md"), help="Markdown result (copy it into benchmarks/RESULTS.md)")
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
     args = ap.parse_args()
 

@@ -8,7 +8,7 @@ separate process so the client's hashing does not slow the server. Reports media
 
 and, for `--data-steps`, the bytes moved vs the bytes of the rows needed.
 
-    python scripts/bench_fetch.py [--mb 128] [--repeats 5] [--rate MB_PER_S] [--out benchmarks/parts/fetch.md] [--append]
+    python scripts/bench_fetch.py [--mb 128] [--repeats 5] [--rate MB_PER_S] [--out /tmp/fetch.md] [--append]
 """
 
 from __future__ import annotations

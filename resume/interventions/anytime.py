@@ -21,7 +21,7 @@ the loaded weights at the branch step and is kept in float32 over all float para
 lives (``ema_device``): by default (``auto``) next to the weights when they are on an accelerator, as
 the official code's shadow models are, and on CPU otherwise; ``ema_device=cpu`` forces it off the
 accelerator at the price of a device-to-host copy of every parameter after every update
-(benchmarks/parts/interventions.md: +63 % step time for pythia-160m on an H100 vs +0.26 % on the
+(benchmarks/RESULTS.md: +63 % step time for pythia-160m on an H100 vs +0.26 % on the
 device). It is written to ``checkpoints/stepS/averaged/``; training always uses the raw iterate.
 
 Defaults: lr and warmup = the parent's peak LR and warmup; alpha = 51200/5000 × warmup (the paper's
