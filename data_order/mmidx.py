@@ -31,17 +31,17 @@ import json
 import mmap
 import os
 import re
-import shutil
 import struct
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from checkpoints_cache.errors import UserError
+from checkpoints_cache.trajectory import atomic_file
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -108,7 +108,7 @@ def _write_index(path: Path, dtype: np.dtype, sizes: np.ndarray, doc_idx: np.nda
     if len(sizes) > 1:
         np.cumsum(sizes[:-1], dtype="<i8", out=pointers[1:])
     pointers *= dtype.itemsize
-    with _atomic_file(path) as f:
+    with atomic_file(path) as f:
         f.write(_index_bytes_header(dtype, len(sizes), len(doc_idx)))
         f.write(sizes.tobytes())
         f.write(pointers.tobytes())
@@ -126,24 +126,6 @@ def _doc_idx(num_items: int, doc_lengths: Iterable[int] | None) -> np.ndarray:
             "give the number of items of each document, summing to the item count"
         )
     return np.concatenate([[0], np.cumsum(lengths)]).astype("<i8")
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator:
-    """Open a temporary sibling of ``path`` for writing; rename it into place on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _check_fits(arr: np.ndarray, dtype: np.dtype) -> None:
@@ -183,7 +165,7 @@ def write_mmidx(
     """
     dt = _canonical_dtype(dtype)
     prefix = Path(prefix)
-    with _atomic_file(prefix.with_name(prefix.name + ".bin")) as f:
+    with atomic_file(prefix.with_name(prefix.name + ".bin")) as f:
         sizes = _stream_items(items, dt, f.write)
     _write_index(prefix.with_name(prefix.name + ".idx"), dt, np.asarray(sizes), _doc_idx(len(sizes), doc_lengths))
 

@@ -10,14 +10,14 @@ keys plus ``exactness``), when that module exists.
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from checkpoints_cache.trajectory import TRAJECTORY_FILE, Trajectory
+
 from .mmidx import DataOrderError
 
-TRAJECTORY_FILE = "trajectory.json"  # checkpoints_cache.trajectory.TRAJECTORY_FILE
 KINDS = ("mmidx", "amber")
 
 
@@ -91,17 +91,12 @@ def resolve_data(run_spec: str) -> DataSpec:
     """The data order of ``run_spec``: a trajectory directory, or a name the registry knows."""
     p = Path(run_spec)
     if p.is_dir():
-        meta_path = p / TRAJECTORY_FILE
-        if not meta_path.is_file():
+        if not Trajectory.is_trajectory(p):
             raise DataOrderError(
                 f"{run_spec} is a directory but not a trajectory (no {TRAJECTORY_FILE}); for raw data use --data {run_spec} "
                 "--batch-size B --seq-len T"
             )
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise DataOrderError(f"{meta_path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-        return _from_data_order(meta.get("data_order"), p, f"trajectory {run_spec}")
+        return _from_data_order(Trajectory.open(p).data_order, p, f"trajectory {run_spec}")
     registry = _registry()
     if registry is None:
         raise DataOrderError(

@@ -35,7 +35,6 @@ from transformers.utils import logging as hf_logging
 from checkpoints_cache.errors import UserError
 from checkpoints_cache.recipe import Recipe
 from checkpoints_cache.trajectory import (
-    AVERAGED,
     CHECKPOINTS,
     METRICS,
     OPTIMIZER,

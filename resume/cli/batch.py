@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 EPILOG = """\
@@ -68,18 +65,10 @@ def _save_npy(path: Path, array) -> None:
     """np.save to a temporary sibling, renamed into place: no half-written .npy on failure."""
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    from checkpoints_cache.trajectory import atomic_file
+
+    with atomic_file(path) as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def _load_tokenizer(name: str | None):

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from checkpoints_cache.errors import UserError
 from checkpoints_cache.trajectory import Trajectory
 
 

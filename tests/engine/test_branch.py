@@ -13,7 +13,7 @@ from checkpoints_cache.trajectory import Trajectory
 from resume.branching import reestimate_count
 from resume.cli import main as cli
 from resume.engine import branch
-from tests.engine.helpers import distance, metrics, norm, same_weights, weights
+from tests.engine.helpers import distance, metrics, same_weights, weights
 
 
 def test_toy_layout_like_a_release(toy_tiny: Path):
