@@ -533,6 +533,15 @@ class MMapIndexedDataset:
             out[pos : pos + n] = view[off : off + n]
             pos += n
 
+    def check_fetched(self, start: int, stop: int) -> None:
+        """Raise NotFetchedError if items [start, stop) are not all on disk (partial folders), without reading them."""
+        if self._fetched is None or stop <= start:
+            return
+        self._check_range(start, stop)
+        offset, nbytes = self.byte_range(start, stop)
+        for name, off, n in self.shard_spans(offset, nbytes):
+            self._require_fetched(self._by_name[name], off, n, start)
+
     def _require_fetched(self, shard: _Shard, off: int, n: int, first_item: int) -> None:
         ranges = self._fetched.get(shard.name, []) if shard.present else []
         gaps, cur = [], off

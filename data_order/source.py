@@ -73,6 +73,13 @@ class TokenRows:
         except NotFetchedError as e:
             raise self._not_fetched(e) from None
 
+    def check_fetched(self, first_batch: int, stop_batch: int) -> None:
+        """Raise (naming the fetch command) unless global batches [first_batch, stop_batch) are on disk."""
+        try:
+            self.dataset.check_fetched(first_batch * self.batch_size, stop_batch * self.batch_size)
+        except NotFetchedError as e:
+            raise self._not_fetched(e) from None
+
     def take(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows at arbitrary indices (in that order), e.g. for data-mixture interventions."""
         try:

@@ -68,7 +68,20 @@ def open_data(parent: ParentRun, first_batch: int, last_batch: int) -> Any:
             f"the data order of {parent.name} holds {data.num_batches} global batches; "
             f"the branch needs batches {first_batch}..{last_batch - 1} (use --steps <= {data.num_batches - first_batch})"
         )
+    data.check_fetched(first_batch, last_batch)  # a partly fetched release: refuse now, not mid-run
     return data
+
+
+def batches_available(data: Any, first_batch: int, stop_batch: int) -> bool:
+    from data_order.mmidx import NotFetchedError
+
+    if first_batch < 0 or stop_batch > data.num_batches:
+        return False
+    try:
+        data.check_fetched(first_batch, stop_batch)
+    except NotFetchedError:
+        return False
+    return True
 
 
 def choose_optimizer_mode(
@@ -89,9 +102,12 @@ def choose_optimizer_mode(
         return requested, "requested"
     if has_exact:
         return "exact", "the parent saved its full optimizer state at this step"
-    if step > 0:
-        return "reestimate", "no saved optimizer state; the batches before the branch step are available"
-    return "fresh", "step 0 has no optimizer state to rebuild"
+    m = reestimate_count(parent.recipe.betas[1], step)
+    if step > 0 and batches_available(data, step - m, step):
+        return "reestimate", f"no saved optimizer state; the {m} batches before the branch step are available"
+    if step == 0:
+        return "fresh", "step 0 has no optimizer state to rebuild"
+    return "fresh", f"no saved optimizer state, and batches {step - m}..{step - 1} (to reestimate it) are not on disk"
 
 
 def library_versions() -> dict[str, str]:
@@ -189,8 +205,8 @@ def branch(
     warning = run.warning_for(from_step)
     if warning:
         print(f"warning: step {from_step} of {run.name} is flagged: {warning}", file=sys.stderr)
-    if mode == "fresh" and optimizer_state is None and not iv.fresh_optimizer():
-        print(f"warning: {run.name} has no optimizer state at step {from_step}; starting Adam from zeros", file=sys.stderr)
+    if mode == "fresh" and optimizer_state is None and not iv.fresh_optimizer() and from_step > 0:
+        print(f"warning: starting Adam from zeros: {reason}", file=sys.stderr)
 
     accelerator = make_accelerator(run.recipe, precision)
     main = accelerator.is_main_process

@@ -114,3 +114,28 @@ def test_not_a_trajectory_is_refused(tmp_path: Path, capsys):
     rc = cli(["branch", str(tmp_path / "empty"), "--from-step", "0", "--steps", "2", "--no-compare"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "is not a trajectory directory" in err[0]
+
+
+def test_partly_fetched_data_decides_the_optimizer_mode_and_refuses_early(toy_tiny: Path, tmp_path: Path, capsys):
+    """A release whose data was fetched only for the branch (`fetch --data-steps`): reestimate needs the
+    batches before N, so the default falls back to fresh with a warning; a range not fetched is refused
+    before anything is written."""
+    from data_order.mmidx import MMapIndexedDataset
+
+    parent = tmp_path / "partial"
+    shutil.copytree(toy_tiny, parent)
+    shutil.rmtree(parent / "optimizer")
+    ds = MMapIndexedDataset(parent / "data")
+    offset, nbytes = ds.byte_range(48 * 8, 80 * 8)  # batches 48..79 only
+    manifest = {}
+    for name, off, n in ds.shard_spans(offset, nbytes):
+        manifest.setdefault(name, []).append([off, off + n])
+    (parent / "data" / "fetched_ranges.json").write_text(json.dumps(manifest))
+
+    out = branch(parent, 48, 8, out=tmp_path / "ok", progress=False)
+    meta = Trajectory.open(out).meta["optimizer_state"]
+    assert meta["mode"] == "fresh" and "batches 0..47" in meta["reason"]
+    assert "starting Adam from zeros" in capsys.readouterr().err
+    with pytest.raises(UserError, match="not fetched.*--step 32 --data-steps"):
+        branch(parent, 32, 8, out=tmp_path / "no", progress=False)
+    assert not (tmp_path / "no").exists()
