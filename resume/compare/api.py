@@ -92,6 +92,27 @@ def _short(intervention: dict) -> str:
     return "control" if name == "none" else name
 
 
+def eval_entropy_floor(data_order: dict | None, root: Path | None, eval_set) -> float | None:
+    """Mean declared entropy rate over the eval rows, when the data order labels rows by domain and
+    declares each domain's entropy (the toy corpus: exact conditional entropy of its Markov chains)."""
+    import numpy as np
+
+    domains = (data_order or {}).get("domains") or {}
+    entropy, names, labels_path = domains.get("entropy"), domains.get("names"), domains.get("labels")
+    if not (entropy and names and labels_path):
+        return None
+    path = Path(labels_path)
+    if not path.is_absolute() and root is not None:
+        path = root / path
+    if not path.is_file():
+        return None
+    labels = np.load(path, mmap_mode="r")
+    b = eval_set.batch_size
+    rows = np.concatenate([np.arange(k * b, (k + 1) * b) for k in eval_set.batch_indices])
+    rates = np.array([entropy[n] for n in names])
+    return float(rates[np.asarray(labels[rows])].mean())
+
+
 def compare(trajs: list[str | Path], against: str | None = None, eval_batches: int = 4,
             eval_batch_indices: list[int] | None = None, out: str | Path | None = None,
             seed_runs: list[str] | None = None, progress: bool = True, *, device: str | None = None,
@@ -172,10 +193,16 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
     # Outputs: table, eval set, figures, summary.
     write_table(df, out)
     atomic_write_json(out / "eval_set.json", eval_set.to_json())
+    floor = eval_entropy_floor(data_owner.data_order, data_owner.traj.root if data_owner.traj else None, eval_set)
+    if floor is not None:
+        extra_floor = [f"entropy floor of the eval rows: {floor:.4f} nats/token (the corpus's declared per-domain "
+                       "conditional entropy rates, averaged over the eval rows' domains; no model can go below it)."]
+    else:
+        extra_floor = []
     what = labels[0] if len(labels) == 1 else f"{len(labels)} runs"
     title = f"{what} vs {parent_label}, {eval_set.tokens} held-out tokens"
     spec = PlotSpec(parent_label=parent_label, branch_steps=[b.branch_step for b in branches if b.branch_step is not None],
-                    runs=labels, seed_labels=seed_labels, title=title,
+                    runs=labels, seed_labels=seed_labels, title=title, loss_floor=floor,
                     legend={lab: lab if _short(b.intervention) in lab else f"{lab} ({_short(b.intervention)})"
                             for lab, b in zip(labels, branches) if b.traj is not None and b.parent_spec})
     written = write_figures(df, out, spec) if figures else []
@@ -193,7 +220,7 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
         notes.append(note)
     for lab, s in zip(seed_labels, seeds):
         notes.append(RunNote(lab, "seed", s.spec, "seed run", None, seed_steps[lab]))
-    extra = []
+    extra = list(extra_floor)
     if not any(b.branch_step is not None for b in branches):
         extra.append(f"no branch step recorded: parameter distance is measured from step {seed_ref}.")
     md = write_summary(df, parent_label, parent.spec, notes, eval_set,

@@ -37,9 +37,10 @@ class PlotSpec:
     seed_labels: list[str] = field(default_factory=list)
     title: str = ""
     legend: dict[str, str] = field(default_factory=dict)  # run -> legend text (e.g. with its intervention)
+    loss_floor: float | None = None  # the eval set's entropy floor, where the corpus declares it (the toy)
 
 
-def _draw(ax, df: pd.DataFrame, metric: str, spec: PlotSpec, colors: dict[str, str]) -> None:
+def _draw(ax, df: pd.DataFrame, metric: str, spec: PlotSpec, colors: dict[str, str], floor: bool = False) -> None:
     ylabel, title = PANELS[metric]
     sub = df[df.metric == metric]
     if metric in BANDED and spec.seed_labels:
@@ -56,6 +57,9 @@ def _draw(ax, df: pd.DataFrame, metric: str, spec: PlotSpec, colors: dict[str, s
         parent = sub[sub.run == spec.parent_label].sort_values("step")
         # Wide and pale under the branches, so a control that coincides with it stays visible.
         ax.plot(parent.step, parent.value, color="black", alpha=0.35, lw=4.0, zorder=1, label=spec.parent_label)
+        if floor and spec.loss_floor is not None:
+            ax.axhline(spec.loss_floor, color="0.35", ls="--", lw=1.0,
+                       label=f"entropy floor of the eval rows ({spec.loss_floor:.3f})")
     elif metric in PARENT_VALUE:
         ax.axhline(PARENT_VALUE[metric], color="black", lw=0.8, alpha=0.6)
     for run in spec.runs:
@@ -105,7 +109,7 @@ def write_figures(df: pd.DataFrame, out: str | Path, spec: PlotSpec) -> list[Pat
             continue
         fig = Figure(figsize=(6.4, 4.0))
         ax = fig.add_subplot()
-        _draw(ax, df, metric, spec, colors)
+        _draw(ax, df, metric, spec, colors, floor=True)
         # Below the axes: never on top of the curves, whatever the label lengths.
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
         if spec.title:

@@ -24,4 +24,15 @@ def test_demo_leaves_table_figures_and_summary(toy_tiny: Path, tmp_path: Path):
     assert lawa[(64, "kl")] > 0 and lawa[(64, "param_distance")] > 0
     for name in ("overview.png", "loss.png", "kl.png", "summary.md"):
         assert (out / "compare" / name).stat().st_size > 1000
+    # the loss figure and the summary show the corpus's entropy floor over the eval rows
+    import json
+
+    import numpy as np
+
+    meta = json.loads((toy_tiny / "trajectory.json").read_text())["data_order"]
+    ev = json.loads((out / "compare" / "eval_set.json").read_text())
+    labels = np.load(toy_tiny / meta["domains"]["labels"])
+    rows = np.concatenate([np.arange(k * 8, (k + 1) * 8) for k in ev["batch_indices"]])
+    rates = np.array([meta["domains"]["entropy"][n] for n in meta["domains"]["names"]])
+    assert f"entropy floor of the eval rows: {rates[labels[rows]].mean():.4f}" in (out / "compare" / "summary.md").read_text()
     assert cli(argv) == 0  # a rerun reuses the complete branches
