@@ -22,6 +22,7 @@ import numpy as np
 
 from checkpoints_cache import data_store, hub
 from checkpoints_cache.errors import UserError
+from checkpoints_cache.fetch import check_data_steps
 from checkpoints_cache.registry import RunInfo
 
 from .mmidx import DTYPE_CODES, HEADER, HEADER_SIZE, INDEX_NAME, MAGIC, DataOrderError, MMapIndexedDataset
@@ -82,14 +83,7 @@ def fetch_data_steps(
 ) -> DataFetch:
     """Fetch the rows of global batches ``step .. step+k-1`` of ``run`` (a branch from ``step`` trains
     on batch ``step`` first, DESIGN.md "Step semantics") into the partial data store."""
-    order = run.data_order or {}
-    if order.get("kind") != "mmidx" or not order.get("repo_id"):
-        raise UserError(
-            f"--data-steps needs preshuffled rows; the data order of {run.name} is {order.get('kind', 'unknown')} "
-            f"({order.get('note') or 'no published source'})"
-        )
-    if k <= 0:
-        raise UserError(f"--data-steps must be a positive number of batches, not {k}")
+    order = check_data_steps(run, k)
     repo, revision = order["repo_id"], order.get("revision", "main")
     b, t = int(order["batch_size"]), int(order["seq_len"])
     rows = range(batch_rows(step, b).start, batch_rows(step + k - 1, b).stop)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import platform
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from resume.engine import (
     write_start,
 )
 from resume.interventions.base import BranchContext, Intervention
+from resume.interventions.spec import parse_intervention
 from resume.parent import ParentRun, open_parent
 from resume.state import STATE_DIR
 
@@ -38,18 +38,6 @@ def reestimate_count(beta2: float, branch_step: int) -> int:
     if branch_step <= 0:
         return 0
     return min(branch_step, math.ceil(math.log(REESTIMATE_TAIL) / math.log(beta2)))
-
-
-def parse_intervention(spec: str) -> Intervention:
-    try:
-        from resume.interventions.spec import parse_intervention as parse
-    except ModuleNotFoundError:  # pragma: no cover - only while the spec module is missing
-        from resume.interventions.base import Control
-
-        if spec.strip() in ("", "none"):
-            return Control()
-        raise UserError(f"unknown intervention {spec!r}")
-    return parse(spec)
 
 
 def open_data(parent: ParentRun, first_batch: int, last_batch: int) -> Any:
@@ -287,7 +275,3 @@ def _check_same_branch(traj: Trajectory, run: ParentRun, from_step: int, end: in
             f"--resume: {traj.root} is a branch of {p.get('run')} from step {p.get('step')} to "
             f"{traj.meta.get('end_step')}; rerun with the same RUN, --from-step and --steps"
         )
-
-
-def warn(msg: str) -> None:
-    warnings.warn(msg, stacklevel=2)

@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -304,10 +303,6 @@ def write_start(job: TrainJob, model: Any) -> None:
 
 def resume_point(out: Path) -> SavedState | None:
     return load_state(Path(out) / STATE_DIR)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr)
 
 
 def branch(*args: Any, **kwargs: Any) -> Path:
