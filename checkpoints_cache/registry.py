@@ -40,6 +40,10 @@ class RunInfo:
     trajectory: Trajectory | None = None
     scheme: str = "stepN"  # revision naming: "stepN" | "amber" | "k2" | "crystal"
     notes: list[str] = field(default_factory=list)
+    # Where the run's own optimizer state lives (the card's [optimizer_state] table, verbatim): for Pythia the
+    # NeoX checkpoints, {"kind": "neox-zero1", "repo_id", "revision": "step{N}" | a branch, "step", ...}.
+    optimizer_state: dict[str, Any] | None = None
+    branch_notes: list[str] = field(default_factory=list)  # printed by `branch` (e.g. an unsettled LR schedule)
 
     def check_step(self, step: int) -> None:
         """Raise a UserError naming the nearest available steps if ``step`` is not on the grid."""
@@ -116,6 +120,8 @@ def _from_row(row: dict[str, Any]) -> RunInfo:
         trust_remote_code_required=bool(row.get("trust_remote_code", False)),
         scheme=row["scheme"],
         notes=list(row.get("notes", [])),
+        optimizer_state=dict(row["optimizer_state"]) if row.get("optimizer_state") else None,
+        branch_notes=list(row.get("branch_notes", [])),
     )
 
 

@@ -1,7 +1,8 @@
 """The released runs branchpoint knows, as plain data rows (no logic beyond building the rows).
 
 Sources: pythia.md §1.1 (names), §1.3 (config facts), §2.1-§2.2 (recipes), §4.1 (data-order repos);
-llm360.md §1.1/§1.3/§1.4 (repos, revisions), §3 (data order), §4 (recipes).
+llm360.md §1.1/§1.3/§1.4 (repos, revisions), §3 (data order), §4 (recipes); neox_ckpt.md §15 (NeoX
+checkpoint repos: ``optimizer_state``); neox_fidelity.md §4-§5 (precision per run, unsettled schedules).
 ``registry.py`` turns a row into a ``RunInfo``.
 """
 
@@ -18,14 +19,17 @@ PYTHIA_SIZES: dict[str, tuple[int, int, int, float, int, str, str]] = {
     "70m": (6, 512, 8, 1e-3, 50304, "fp16", "small_init/wang_init"),
     "160m": (12, 768, 12, 6e-4, 50304, "fp16", "small_init/wang_init"),
     "410m": (24, 1024, 16, 3e-4, 50304, "fp16", "small_init/wang_init"),
-    # 1b: the yml says fp16 and lr 2.5e-4; the README says the released run was bf16 (pythia.md §2.1).
-    "1b": (16, 2048, 8, 2.5e-4, 50304, "bf16", "small_init/wang_init"),
+    # 1b: the yml says fp16 and lr 2.5e-4; the README says the standard run was bf16 (pythia.md §2.1); the
+    # deduped run was fp16 (pythia#171, neox_fidelity.md §4): see PRECISION_OVERRIDES.
+    "1b": (16, 2048, 8, 2.5e-4, 50304, "fp16", "small_init/wang_init"),
     "1.4b": (24, 2048, 16, 2e-4, 50304, "fp16", "small_init/wang_init"),
     "2.8b": (32, 2560, 32, 1.6e-4, 50304, "fp16", "small_init/wang_init"),
     # 6.9b / 12b: default init normal(0.02) + scaled_normal (pythia.md §2.2, pythia#135); vocab per pythia#68.
     "6.9b": (32, 4096, 32, 1.2e-4, 50432, "fp16", "normal/scaled_normal"),
     "12b": (36, 5120, 40, 1.2e-4, 50688, "fp16", "normal/scaled_normal"),
 }
+# Only pythia-1b (standard) trained in bf16 (README); pythia-1b-deduped in fp16 (pythia#171; neox_fidelity.md §4).
+PRECISION_OVERRIDES: dict[str, str] = {"pythia-1b": "bf16"}
 MAIN_SUITE = ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
 SEED_SIZES = ("14m", "31m", "70m", "160m", "410m")  # PolyPythias -seed1..9 (pythia.md §1.1)
 
@@ -58,6 +62,45 @@ def _mmidx_order(repo: str | None, exactness: str, note: str = "") -> dict[str, 
             "batch_size": 1024, "seq_len": 2048, "exactness": exactness, "note": note}
 
 
+# EleutherAI's GPT-NeoX/DeepSpeed checkpoints (fp32 master weights, Adam moments, counters) of a run, as far as
+# known (neox_ckpt.md §15, pythia.md §3). ``revision`` is a branch-name template with {N} (every grid step, or
+# ``steps`` where only some exist) or a fixed branch holding one ``step``. ``model_parallel`` > 1 (6.9B, 12B) is
+# listed as a fact; the importer refuses it (the mp merge is DERIVED, not run: neox_ckpt.md §7).
+_LOG_SPACED_20 = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000, 143000)
+NEOX_REPOS: dict[str, dict[str, Any]] = {
+    "pythia-160m": {"repo_id": "EleutherAI/neox-ckpt-pythia-160m", "revision": "step{N}",
+                    "note": "all 154 branches (repo README); dp read from the shards"},
+    "pythia-70m-deduped": {"repo_id": "EleutherAI/neox-ckpt-pythia-70m-deduped-v1", "revision": "main", "step": 143000,
+                           "note": "final step only (main)"},
+    "pythia-1b-deduped": {"repo_id": "EleutherAI/neox-ckpt-pythia-1b-deduped-v1", "revision": "main", "step": 143000,
+                          "note": "final step only (main)"},
+    "pythia-6.9b": {"repo_id": "EleutherAI/neox-ckpt-pythia-6.9b-v1", "revision": "main", "step": 143000,
+                    "model_parallel": 2, "note": "final step only (main)"},
+    "pythia-6.9b-deduped": {"repo_id": "EleutherAI/neox-ckpt-pythia-6.9b-deduped-v1", "revision": "main", "step": 143000,
+                            "model_parallel": 2, "note": "final step only (main)"},
+    "pythia-12b": {"repo_id": "EleutherAI/neox-ckpt-pythia-12b-v1", "revision": "main", "step": 143000,
+                   "model_parallel": 4, "note": "final step only (main)"},
+    "pythia-12b-deduped": {"repo_id": "EleutherAI/neox-ckpt-pythia-12b-deduped", "revision": "step{N}",
+                           "steps": list(_LOG_SPACED_20), "model_parallel": 4,
+                           "note": "20 log-spaced branches; the -v1 repo holds main = step143000"},
+    "pythia-410m-seed8": {"repo_id": "EleutherAI/neox-ckpt-pythia-410m-seed8", "revision": "step{N}",
+                          "note": "PolyPythias: which NeoX/DeepSpeed wrote it is not established; the format is "
+                                  "detected from the keys"},
+}
+
+
+def _optimizer_state(name: str) -> dict[str, Any] | None:
+    src = NEOX_REPOS.get(name)
+    return None if src is None else {"kind": "neox-zero1", "model_parallel": 1, **src}
+
+
+# neox_fidelity.md §5: NeoX main changed the cosine in Aug 2023; these runs came later and no source says
+# which NeoX trained them, so their LR schedule (up to 83% off the v1.0 one) is not established.
+UNSETTLED_SCHEDULE = ("which GPT-NeoX version trained this run (and so its LR schedule: NeoX main changed the "
+                      "cosine in Aug 2023, gpt-neox#1008/#1011) is not established; branchpoint uses the v1.0 "
+                      "schedule of the other Pythia runs (neox_fidelity.md §5)")
+
+
 def pythia_rows() -> list[dict[str, Any]]:
     rows = []
     for size in MAIN_SUITE:
@@ -66,9 +109,10 @@ def pythia_rows() -> list[dict[str, Any]]:
             name = f"pythia-{size}" + ("-deduped" if dedup else "")
             rows.append(dict(
                 name=name, repo_id=f"EleutherAI/{name}", family="pythia", scheme="stepN", grid=PYTHIA_GRID,
-                recipe=_pythia_recipe(lr, prec, init), architecture=_pythia_arch(L, d, h, vocab),
+                recipe=_pythia_recipe(lr, PRECISION_OVERRIDES.get(name, prec), init),
+                architecture=_pythia_arch(L, d, h, vocab),
                 data_order=_mmidx_order(PILE_DEDUPED if dedup else PILE_STANDARD, "exact"),
-                notes=["step143000 equals main (pythia.md §1.2)"],
+                notes=["step143000 equals main (pythia.md §1.2)"], optimizer_state=_optimizer_state(name),
             ))
     for size in ("14m", "31m"):
         L, d, h, lr, vocab, prec, init = PYTHIA_SIZES[size]
@@ -78,6 +122,7 @@ def pythia_rows() -> list[dict[str, Any]]:
             # Its yml points at the deduped Pile; which Pile it really used is unverified (pythia.md §1.1).
             data_order=_mmidx_order(PILE_DEDUPED, "unknown", "yml says deduped Pile; unverified (pythia.md §1.1)"),
             notes=["added 2023-11; training data (standard vs deduped Pile) unverified"],
+            branch_notes=[UNSETTLED_SCHEDULE], optimizer_state=_optimizer_state(f"pythia-{size}"),
         ))
     seed_note = "main holds only .gitattributes: always load a stepN revision (pythia.md §1.1)"
     unknown_order = ("standard Pile shuffled with this seed; only index maps exist (EleutherAI/pile-preshuffled-seeds),"
@@ -85,12 +130,14 @@ def pythia_rows() -> list[dict[str, Any]]:
     for size in SEED_SIZES:
         L, d, h, lr, vocab, prec, init = PYTHIA_SIZES[size]
         for k in range(1, 10):
+            name = f"pythia-{size}-seed{k}"
             rows.append(dict(
-                name=f"pythia-{size}-seed{k}", repo_id=f"EleutherAI/pythia-{size}-seed{k}", family="pythia",
+                name=name, repo_id=f"EleutherAI/{name}", family="pythia",
                 scheme="stepN", grid=PYTHIA_GRID, recipe=_pythia_recipe(lr, prec, init, seed=k),
                 architecture=_pythia_arch(L, d, h, vocab),
                 # A seed changes both init and data shuffle (pythia#142).
                 data_order=_mmidx_order(None, "unknown", unknown_order), notes=[seed_note],
+                branch_notes=[UNSETTLED_SCHEDULE], optimizer_state=_optimizer_state(name),
             ))
     L, d, h, lr, vocab, prec, init = PYTHIA_SIZES["160m"]
     for k in range(1, 4):
@@ -99,6 +146,7 @@ def pythia_rows() -> list[dict[str, Any]]:
             scheme="stepN", grid=PYTHIA_GRID, recipe=_pythia_recipe(lr, prec, init, seed=k),
             architecture=_pythia_arch(L, d, h, vocab),
             data_order=_mmidx_order(None, "unknown", unknown_order), notes=[seed_note, "only the data order differs"],
+            branch_notes=[UNSETTLED_SCHEDULE],
         ))
         rows.append(dict(
             name=f"pythia-160m-weight-seed{k}", repo_id=f"EleutherAI/pythia-160m-weight-seed{k}", family="pythia",
@@ -106,6 +154,7 @@ def pythia_rows() -> list[dict[str, Any]]:
             architecture=_pythia_arch(L, d, h, vocab),
             # Only the init differs, so the data order is the standard run's (model card "Naming Convention").
             data_order=_mmidx_order(PILE_STANDARD, "exact"), notes=[seed_note, "only the init differs"],
+            branch_notes=[UNSETTLED_SCHEDULE],
         ))
     return rows
 
