@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+
+from checkpoints_cache.errors import UserError
 
 EPILOG = """\
 examples:
   branchpoint fetch pythia-160m-deduped --step 20000 --dry-run
   branchpoint fetch pythia-160m-deduped --step 20000 --data-steps 2000
   branchpoint fetch EleutherAI/pythia-70m --step 1000 --step 2000
+  branchpoint fetch pythia-160m --step 4000 --optimizer
+  branchpoint fetch pythia-160m --step 4000 --optimizer --out pythia-160m-step4000-adam
 
 Weights and config go through huggingface_hub into the standard HF cache (HF_HOME / HF_HUB_CACHE),
 every LFS file checked against the Hub's sha256. --data-steps K fetches only the rows of global
 batches N..N+K-1 (a branch from stepN trains on batch N first): document.idx plus byte ranges of
 the preshuffled shards, into $HF_HOME/branchpoint/data. --dry-run lists files and bytes and
 checks the free disk space; nothing moves. With HF_HUB_OFFLINE=1 it checks the cache only.
+
+--optimizer also imports the run's own optimizer state at N from its NeoX checkpoint (the card's
+[optimizer_state] repo, e.g. EleutherAI/neox-ckpt-pythia-160m): only mp_rank_00_model_states.pt and
+the ZeRO-1 optimizer shards are downloaded (verified), checked and converted into
+optimizer.safetensors (fp32 {name}.master, {name}.exp_avg, {name}.exp_avg_sq, {name} as in
+GPTNeoXForCausalLM.named_parameters()) and optimizer.json (iteration, num_iters, skipped_steps,
+loss_scale, source), in $HF_HOME/branchpoint/optimizer/RUN/stepN/ (where `branch` finds it) or --out DIR.
 """
 
 
@@ -28,6 +40,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN", help="registry name, Hub repo id, or trajectory directory")
     p.add_argument("--step", type=int, action="append", required=True, metavar="N", help="checkpoint step (repeatable)")
     p.add_argument("--data-steps", type=int, metavar="K", help="also fetch the rows of global batches N..N+K-1")
+    p.add_argument("--optimizer", action="store_true",
+                   help="also import the run's optimizer state (fp32 masters, Adam moments, counters) from its NeoX checkpoint")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="with --optimizer: write optimizer.safetensors and optimizer.json into DIR (one --step)")
     p.add_argument("--dry-run", action="store_true", help="list files and total bytes; download nothing")
     p.add_argument("--trust-remote-code", action="store_true", help="allow runs whose model class is code in the repo (Crystal)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -40,7 +56,15 @@ def run(args: argparse.Namespace) -> int:
 
     info = resolve_run(args.run)
     steps = list(dict.fromkeys(args.step))
+    if args.out is not None and not args.optimizer:
+        raise UserError("--out is for --optimizer (weights and data go into the caches)")
+    if args.out is not None and len(steps) > 1:
+        raise UserError(f"--out takes one --step; got {len(steps)} ({', '.join(map(str, steps))})")
     plan = plan_fetch(info, steps, args.data_steps, trust_remote_code=args.trust_remote_code)
+    if args.optimizer:
+        from checkpoints_cache.neox_fetch import plan_optimizer
+
+        plan.files += [f for s in steps for f in plan_optimizer(info, s)]
     if args.dry_run:
         for s in steps:
             for line in step_warnings(info, s):
@@ -55,6 +79,15 @@ def run(args: argparse.Namespace) -> int:
     for s in steps:
         path = ensure_checkpoint(info, s, progress=progress, trust_remote_code=args.trust_remote_code)
         print(f"step {s}: {path}")
+    if args.optimizer:
+        from checkpoints_cache.neox_fetch import OPTIMIZER_META, OPTIMIZER_TENSORS, import_optimizer_state
+
+        for s in steps:
+            folder = import_optimizer_state(info, s, args.out, progress=progress)
+            meta = json.loads((folder / OPTIMIZER_META).read_text())
+            print(f"optimizer step {s}: {folder / OPTIMIZER_TENSORS} and {OPTIMIZER_META} (iteration {meta['iteration']}, "
+                  f"num_iters {meta['num_iters']}, skipped_steps {meta['skipped_steps']}; "
+                  f"{len(meta['release_defects'])} release defect(s))")
     if args.data_steps and info.is_local:
         where = (info.data_order or {}).get("path") or "nowhere (the trajectory declares no data order)"
         print(f"data: {info.name} is a local trajectory; its data order is already on disk: {where}")
