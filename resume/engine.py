@@ -72,16 +72,30 @@ class TrainJob:
     progress: bool = True
     precision: str | None = None  # None: fp32 on CPU, the recipe's half precision on GPU
     on_update: Callable[[dict[str, Any]], None] | None = None  # called with each metrics row
+    # NeoX semantics (neox_ckpt.md §3, neox_fidelity.md §3): the LR of update n is the schedule at
+    # n - schedule_offset (the parent's skipped fp16 steps); each skipped update adds one.
+    schedule_offset: int = 0
+    loss_scaler: Any = None  # resume.numerics.NeoXLossScaler: skip on overflow (fp16 branches of NeoX parents)
 
 
-def make_accelerator(recipe: Recipe, precision: str | None = None) -> Accelerator:
-    """fp32 on CPU; on GPU the parent's half precision through accelerate's autocast."""
-    if precision is None:
-        precision = recipe.precision if torch.cuda.is_available() else "fp32"
+def train_precision(recipe: Recipe, precision: str | None = None) -> str:
+    """The precision a run computes in: fp32 on CPU, else the parent's (or the one asked for)."""
+    return precision or (recipe.precision if torch.cuda.is_available() else "fp32")
+
+
+def make_accelerator(recipe: Recipe, precision: str | None = None, own_loss_scaler: bool = False) -> Accelerator:
+    """fp32 on CPU; on GPU the parent's half precision through accelerate's autocast. ``own_loss_scaler``:
+    the job brings its own (NeoX) loss scaler, so accelerate's GradScaler is switched off."""
+    precision = train_precision(recipe, precision)
     mixed = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}.get(precision)
     if mixed is None:
         raise UserError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
-    accelerator = Accelerator(mixed_precision=mixed)
+    handlers = []
+    if own_loss_scaler:
+        from accelerate.utils import GradScalerKwargs
+
+        handlers.append(GradScalerKwargs(enabled=False))
+    accelerator = Accelerator(mixed_precision=mixed, kwargs_handlers=handlers)
     expected = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != expected:
         # torchrun without ACCELERATE_USE_CPU=1 on a CPU machine starts W independent rank-0 runs
@@ -134,8 +148,10 @@ def _rows_hash(rows: np.ndarray) -> str:
     return hashlib.sha1(np.sort(rows.astype(np.int64)).tobytes()).hexdigest()[:16]
 
 
-def save_checkpoint(job: TrainJob, model: Any, step: int, optimizer_state: dict[str, Any] | None) -> None:
-    """checkpoints/stepS (save_pretrained) + averaged/ weights + optimizer/stepS, each atomically."""
+def save_checkpoint(job: TrainJob, model: Any, step: int, optimizer_state: dict[str, Any] | None,
+                    counters: dict[str, Any] | None = None) -> None:
+    """checkpoints/stepS (save_pretrained) + averaged/ weights + optimizer/stepS, each atomically.
+    ``counters``: the schedule offset and loss-scaler state at S (a branch from S continues them)."""
     with atomic_dir(job.out / CHECKPOINTS / step_dir_name(step)) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         for name, state in job.intervention.extra_weights(model, step).items():
@@ -143,7 +159,8 @@ def save_checkpoint(job: TrainJob, model: Any, step: int, optimizer_state: dict[
     if optimizer_state is not None:
         with atomic_dir(job.out / OPTIMIZER / step_dir_name(step)) as tmp:
             torch.save(optimizer_state, tmp / "optimizer.pt")
-            (tmp / "train_state.json").write_text(json.dumps({"step": step, "next_update": step}) + "\n")
+            info = {"step": step, "next_update": step, **(counters or {})}
+            (tmp / "train_state.json").write_text(json.dumps(info) + "\n")
 
 
 def _append_metrics(path: Path, row: dict[str, Any]) -> None:
@@ -195,13 +212,25 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
             accelerator.scaler.load_state_dict(scaler_state)
     unwrapped = accelerator.unwrap_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
+    scaler, offset = job.loss_scaler, job.schedule_offset
+    if job.resume_from is not None:
+        offset = int(job.resume_from.train_state.get("schedule_offset", offset))
+        if scaler is not None and job.resume_from.train_state.get("loss_scaler"):
+            scaler.load_state_dict(job.resume_from.train_state["loss_scaler"])
+
+    def counters() -> dict[str, Any]:
+        out: dict[str, Any] = {"schedule_offset": offset}
+        if scaler is not None:
+            out["loss_scaler"] = scaler.state_dict()
+        return out
 
     def set_lr(lr: float) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-    def forward_backward(k: int, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """Accumulate the gradient of global batch ``k`` (rows given) on this rank; return its mean loss."""
+    def forward_backward(k: int, rows: np.ndarray, loss_scale: float = 1.0) -> tuple[torch.Tensor, np.ndarray]:
+        """Accumulate the gradient of global batch ``k`` (rows given) on this rank; return its mean loss.
+        ``loss_scale``: the NeoX scaler's scale multiplies the loss before backward (DeepSpeed's order)."""
         loss_sum = torch.zeros((), device=accelerator.device)
         seen = []
         micro_ranges = rank_microbatches(k, batch_size, world, rank, micro)
@@ -216,7 +245,7 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
                 with accelerator.autocast():
                     logits = model(input_ids=inputs).logits
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1))
-                accelerator.backward(loss / n_accum)
+                accelerator.backward((loss if loss_scale == 1.0 else loss * loss_scale) / n_accum)
             loss_sum += loss.detach()
         return loss_sum / n_accum, np.concatenate(seen)
 
@@ -225,9 +254,10 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
         set_lr(0.0)  # AdamW with lr 0 leaves the weights bit-identical (decay is lr * wd)
         for k in tqdm(job.reestimate_batches, desc="reestimate", disable=not (main and job.progress)):
             rows = np.arange(k * batch_size, (k + 1) * batch_size, dtype=np.int64)
-            forward_backward(k, rows)
-            clip_gradients(accelerator, model, params, recipe.grad_clip)
-            optimizer.step()
+            forward_backward(k, rows, scaler.loss_scale if scaler is not None else 1.0)
+            if scaler is None or not scaler.unscale_and_check(params):  # an overflowed batch adds nothing
+                clip_gradients(accelerator, model, params, recipe.grad_clip)
+                optimizer.step()
             zero_gradients(accelerator, optimizer)
         for state in optimizer.state.values():  # bias correction as at step N, not step M
             if "step" in state:
@@ -244,16 +274,26 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
     bar = tqdm(total=job.end_step - start, desc=f"train {start}->{job.end_step}", disable=not (main and job.progress))
     for n in range(start, job.end_step):
         step = n + 1
-        lr = job.intervention.lr(n, lr_at(recipe, n))
+        lr = job.intervention.lr(n, lr_at(recipe, n - offset))
         set_lr(lr)
         default_rows = np.arange(n * batch_size, (n + 1) * batch_size, dtype=np.int64)
         rows = np.asarray(job.intervention.batch_row_indices(n, default_rows), dtype=np.int64)
         if rows.shape != default_rows.shape:
             raise RuntimeError(f"intervention returned {rows.shape[0]} rows for batch {n}; the batch has {batch_size}")
-        loss, seen = forward_backward(n, rows)
-        grad_norm = clip_gradients(accelerator, model, params, recipe.grad_clip)
-        optimizer.step()
+        loss_scale = scaler.loss_scale if scaler is not None else 1.0
+        loss, seen = forward_backward(n, rows, loss_scale)
+        # NeoX fp16 (neox_fidelity.md §3): on overflow the update is skipped, the batch is consumed and the
+        # schedule does not advance -- the next update gets this update's LR.
+        skipped = scaler is not None and scaler.unscale_and_check(params)
+        grad_norm = None
+        if not skipped:
+            grad_norm = clip_gradients(accelerator, model, params, recipe.grad_clip)
+            optimizer.step()
+        else:
+            offset += 1
         zero_gradients(accelerator, optimizer)
+        if scaler is not None:
+            scaler.update_scale(skipped)
         job.intervention.after_step(unwrapped, step)
 
         loss = accelerator.reduce(loss, reduction="mean")
@@ -262,10 +302,13 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
             "step": step,
             "loss": float(loss),
             "lr": float(lr),
-            "grad_norm": float(grad_norm),
+            "grad_norm": None if grad_norm is None else float(grad_norm),
             "tokens": step * batch_size * seq_len,
             "batch_rows": _rows_hash(all_seen),
         }
+        if scaler is not None:
+            row["skipped"] = bool(skipped)
+            row["loss_scale"] = loss_scale  # the scale this update ran with
         if main:
             _append_metrics(metrics_path, row)
         if job.on_update is not None:
@@ -277,14 +320,14 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
             opt_state = optimizer.state_dict()
             if main:
                 if saving:
-                    save_checkpoint(job, unwrapped, step, opt_state if job.save_optimizer else None)
+                    save_checkpoint(job, unwrapped, step, opt_state if job.save_optimizer else None, counters())
             if main and rolling:
                 write_training_state(
                     job.out / STATE_DIR,
                     model=unwrapped,
                     optimizer_state=opt_state,
                     next_update=step,
-                    extra={"world_size": world, "micro_batch_size": micro},
+                    extra={"world_size": world, "micro_batch_size": micro, **counters()},
                     intervention_state=job.intervention.state_dict(),
                     scaler_state=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 )
@@ -298,7 +341,10 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
 
 def write_start(job: TrainJob, model: Any) -> None:
     """checkpoints/step{start} (after the load-time transform) and its optimizer state, if any."""
-    save_checkpoint(job, model, job.start_step, job.optimizer_state if job.save_optimizer else None)
+    counters: dict[str, Any] = {"schedule_offset": job.schedule_offset}
+    if job.loss_scaler is not None:
+        counters["loss_scaler"] = job.loss_scaler.state_dict()
+    save_checkpoint(job, model, job.start_step, job.optimizer_state if job.save_optimizer else None, counters)
 
 
 def resume_point(out: Path) -> SavedState | None:
