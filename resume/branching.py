@@ -18,11 +18,13 @@ from resume.engine import (
     make_accelerator,
     resume_point,
     train,
+    train_precision,
     truncate_metrics,
     write_start,
 )
 from resume.interventions.base import BranchContext, Intervention
 from resume.interventions.spec import parse_intervention
+from resume.numerics import NeoXLossScaler, apply_numerics, check_numerics, default_numerics, describe_numerics
 from resume.parent import ParentRun, open_parent
 from resume.state import STATE_DIR
 
@@ -75,21 +77,27 @@ def batches_available(data: Any, first_batch: int, stop_batch: int) -> bool:
 def choose_optimizer_mode(
     requested: str | None, parent: ParentRun, step: int, data: Any, intervention: Intervention
 ) -> tuple[str, str]:
-    """(mode, reason). Default: exact if saved, else reestimate if the batches before N exist, else fresh."""
+    """(mode, reason). Default: exact if saved (or importable from the parent's NeoX checkpoint), else
+    reestimate if the batches before N exist, else fresh."""
     if requested is not None and requested not in OPTIMIZER_MODES:
         raise UserError(f"--optimizer-state {requested!r}: use one of {', '.join(OPTIMIZER_MODES)}")
-    has_exact = parent.optimizer_dir(step) is not None
+    has_saved = parent.optimizer_dir(step) is not None
+    neox_why = None if has_saved else parent.neox_unavailable(step)
+    has_exact = has_saved or neox_why is None
     if intervention.fresh_optimizer():
         return "fresh", f"{intervention.name} starts a fresh optimizer by design"
     if requested == "exact" and not has_exact:
+        why = f" ({neox_why})" if parent.optimizer_source else ""
         raise UserError(
-            f"--optimizer-state exact: {parent.name} has no optimizer state at step {step}; "
+            f"--optimizer-state exact: {parent.name} has no optimizer state at step {step}{why}; "
             "use --optimizer-state reestimate or fresh"
         )
     if requested is not None:
         return requested, "requested"
-    if has_exact:
+    if has_saved:
         return "exact", "the parent saved its full optimizer state at this step"
+    if has_exact:
+        return "exact", f"the parent's NeoX checkpoint ({parent.optimizer_source['repo_id']}) holds its optimizer state"
     m = reestimate_count(parent.recipe.betas[1], step)
     if step > 0 and batches_available(data, step - m, step):
         return "reestimate", f"no saved optimizer state; the {m} batches before the branch step are available"
@@ -159,15 +167,20 @@ def branch(
     micro_batch_size: int | None = None,
     save_every: int | None = None,
     precision: str | None = None,
+    numerics: str | None = None,
     progress: bool = True,
 ) -> Path:
-    """Continue ``parent`` from checkpoint ``from_step`` for ``steps`` updates; return the branch dir."""
+    """Continue ``parent`` from checkpoint ``from_step`` for ``steps`` updates; return the branch dir.
+    ``numerics``: ``neox`` (GPT-NeoX's rotary tables, tanh GELU, fp16 skip-on-overflow) or ``hf``; default
+    ``neox`` for NeoX-family parents (resume.numerics)."""
     # 1. validate everything before anything is written
     if steps <= 0:
         raise UserError(f"--steps {steps}: the number of updates must be a positive integer")
     if from_step < 0:
         raise UserError(f"--from-step {from_step}: steps are >= 0")
     run = open_parent(parent)
+    for note in run.branch_notes:
+        print(f"note: {run.name}: {note}", file=sys.stderr)
     run.require_step(from_step)
     iv = parse_intervention(intervention)
     end = from_step + steps
@@ -176,8 +189,15 @@ def branch(
         raise UserError(f"output directory {out} already exists; pass --resume to continue it or choose another --out")
     if resume and out.exists() and any(out.iterdir()) and not Trajectory.is_trajectory(out):
         raise UserError(f"--resume: {out} is not a branch trajectory directory")
-    if resume and Trajectory.is_trajectory(out):
-        _check_same_branch(Trajectory.open(out), run, from_step, end)
+    earlier = Trajectory.open(out) if resume and Trajectory.is_trajectory(out) else None
+    if earlier is not None:
+        _check_same_branch(earlier, run, from_step, end)
+        recorded = (earlier.meta.get("numerics") or {}).get("mode", "hf")
+        if numerics is not None and numerics != recorded:
+            raise UserError(f"--resume: {out} was trained with --numerics {recorded}; rerun with --numerics {recorded}")
+        numerics = recorded
+    numerics = numerics or default_numerics(run.neox_family)
+    check_numerics(numerics, run.model_config.get("model_type"))
     data = open_data(run, from_step, end)
     mode, reason = choose_optimizer_mode(optimizer_state, run, from_step, data, iv)
     if mode == "reestimate":
@@ -196,7 +216,9 @@ def branch(
     if mode == "fresh" and optimizer_state is None and not iv.fresh_optimizer() and from_step > 0:
         print(f"warning: starting Adam from zeros: {reason}", file=sys.stderr)
 
-    accelerator = make_accelerator(run.recipe, precision)
+    # NeoX fp16: DeepSpeed's loss scaler replaces accelerate's GradScaler (on CPU fp32 it never applies)
+    use_scaler = numerics == "neox" and train_precision(run.recipe, precision) == "fp16"
+    accelerator = make_accelerator(run.recipe, precision, own_loss_scaler=use_scaler)
     main = accelerator.is_main_process
     ctx = branch_context(run, from_step, end, out, data)
     iv.setup(ctx)
@@ -223,16 +245,37 @@ def branch(
     }
 
     # 2. the weights at N (after the load-time transform), or the last saved state of this branch
+    counters: dict[str, Any] = {}  # schedule offset and loss scaler where the parent's state has them
     if saved is None:
-        model = iv.on_load(load_model(run.checkpoint_dir(from_step)), ctx)
-        opt = None
-        if mode == "exact":
-            opt = torch.load(run.optimizer_dir(from_step) / "optimizer.pt", map_location="cpu", weights_only=True)
+        model = load_model(run.checkpoint_dir(from_step))
+        opt, imported = None, None
+        if mode == "exact" and run.optimizer_dir(from_step) is not None:
+            opt_dir = run.optimizer_dir(from_step)
+            opt = torch.load(opt_dir / "optimizer.pt", map_location="cpu", weights_only=True)
+            counters = _saved_counters(opt_dir)
+        elif mode == "exact":
+            imported, counters = _import_neox(run, from_step, accelerator, model, meta)
+        model = iv.on_load(model, ctx)
+        if imported is not None:  # the moments by name, in this engine's group order (neox_ckpt.md §7)
+            from resume.optim import adamw_state_by_name
+
+            opt = adamw_state_by_name(model, run.recipe, imported, counters["adam_step"])
     else:
         model = load_model(out / STATE_DIR)
         opt = None
+        counters = {k: saved.train_state[k] for k in ("schedule_offset", "loss_scaler") if k in saved.train_state}
+    model = apply_numerics(model, numerics, run.recipe.precision)
+    offset = int(counters.get("schedule_offset", 0))
+    scaler = NeoXLossScaler.from_state(counters.get("loss_scaler")) if use_scaler else None
+    if saved is not None and earlier is not None:  # the engine continues from the saved counters
+        offset = int(earlier.meta.get("schedule_offset") or 0)
+        meta["optimizer_state"] = earlier.meta.get("optimizer_state", meta["optimizer_state"])
     meta["architecture"] = {"model_type": model.config.model_type, "config": model.config.to_dict()}
     meta["intervention"] = iv.describe()
+    meta["numerics"] = describe_numerics(numerics, run.recipe.precision, scaler)
+    meta["schedule_offset"] = offset  # the LR of update n is the schedule at n - offset (+ skips in this branch)
+    meta["skipped_steps"] = offset  # DeepSpeed's count: fp16 updates skipped since step 0
+    meta["branch_skipped_steps"] = 0
 
     job = TrainJob(
         out=out,
@@ -250,6 +293,8 @@ def branch(
         resume_from=saved,
         progress=progress,
         precision=precision,
+        schedule_offset=offset,
+        loss_scaler=scaler,
     )
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -263,9 +308,47 @@ def branch(
     if main:
         meta["complete"] = True
         meta["intervention"] = iv.describe()
+        meta["branch_skipped_steps"] = sum(1 for r in Trajectory(out, meta).metrics() if r.get("skipped"))
+        meta["skipped_steps"] = offset + meta["branch_skipped_steps"]
         atomic_write_json(out / TRAJECTORY_FILE, meta)
     accelerator.wait_for_everyone()
     return out
+
+
+def _saved_counters(opt_dir: Path) -> dict[str, Any]:
+    """Schedule offset and loss-scaler state saved next to a trajectory's optimizer state (if any)."""
+    import json
+
+    info_path = opt_dir / "train_state.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    return {k: info[k] for k in ("schedule_offset", "loss_scaler") if k in info}
+
+
+def _import_neox(run: ParentRun, step: int, accelerator: Any, model: Any, meta: dict) -> tuple[dict, dict]:
+    """Import (or reuse) the parent's NeoX optimizer state at ``step`` (main process first: one download),
+    put the fp32 masters into ``model``; return (tensors, counters) and record the source in ``meta``."""
+    from checkpoints_cache.neox_fetch import load_imported
+    from resume.optim import load_masters
+
+    assert run.import_optimizer is not None
+    with accelerator.main_process_first():
+        folder = run.import_optimizer(step)
+    tensors, info = load_imported(folder)
+    try:
+        load_masters(model, tensors)  # the branch starts from the fp32 masters, not the fp16 release
+    except ValueError as e:
+        raise UserError(f"{folder}: {e}") from None
+    src = info["source"]
+    print(f"optimizer: NeoX state of step {step} from {src['repo_id']}@{src['revision']} ({src['commit'][:10]}): "
+          f"num_iters {info['num_iters']}, skipped_steps {info['skipped_steps']}; the next update uses the schedule "
+          f"at {info['num_iters']}", file=sys.stderr)
+    meta["optimizer_state"].update(
+        source={**src, "path": str(folder)}, iteration=info["iteration"], num_iters=info["num_iters"],
+        skipped_steps=info["skipped_steps"], adam_step=info["adam_step"], masters="fp32 (optimizer.safetensors)",
+        release_defects=info.get("release_defects", []),
+    )
+    return tensors, {"schedule_offset": info["skipped_steps"], "loss_scaler": info.get("loss_scale"),
+                     "adam_step": info["adam_step"]}
 
 
 def _check_same_branch(traj: Trajectory, run: ParentRun, from_step: int, end: int) -> None:

@@ -37,3 +37,43 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
         eps=recipe.eps,
         weight_decay=recipe.weight_decay,
     )
+
+
+def adamw_state_by_name(model: nn.Module, recipe: Recipe, tensors: dict[str, torch.Tensor], step: int) -> dict:
+    """An AdamW ``state_dict`` for ``build_optimizer(model, recipe)`` whose moments come from ``tensors``
+    (``{name}.exp_avg`` / ``{name}.exp_avg_sq`` by ``named_parameters()`` name), laid out in this engine's
+    group order (HF's parameter order differs from NeoX's groups: neox_ckpt.md §7), with Adam's ``step``."""
+    optimizer = build_optimizer(model, recipe)
+    sd = optimizer.state_dict()
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    state, index = {}, 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            name = name_of[id(p)]
+            entry = {"step": torch.tensor(float(step))}
+            for key in ("exp_avg", "exp_avg_sq"):
+                t = tensors.get(f"{name}.{key}")
+                if t is None:
+                    raise KeyError(f"no {name}.{key} in the imported optimizer state")
+                if tuple(t.shape) != tuple(p.shape):
+                    raise ValueError(f"{name}.{key} has shape {list(t.shape)}, the parameter {list(p.shape)}")
+                entry[key] = t.to(dtype=torch.float32).clone()
+            state[index] = entry
+            index += 1
+    sd["state"] = state
+    return sd
+
+
+@torch.no_grad()
+def load_masters(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Overwrite every parameter with its fp32 master ``{name}.master`` (strict: all of them, same shapes)."""
+    params = dict(model.named_parameters())
+    have = {k.removesuffix(".master") for k in tensors if k.endswith(".master")}
+    if have != set(params):
+        missing, extra = sorted(set(params) - have), sorted(have - set(params))
+        raise ValueError(f"the fp32 masters do not match the model: missing {missing[:3]}, extra {extra[:3]}")
+    for name, p in params.items():
+        t = tensors[f"{name}.master"]
+        if tuple(t.shape) != tuple(p.shape):
+            raise ValueError(f"{name}.master has shape {list(t.shape)}, the parameter {list(p.shape)}")
+        p.copy_(t)

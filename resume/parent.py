@@ -8,7 +8,7 @@ optimizer state exists, what the recipe and the data order are.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +30,14 @@ class ParentRun:
     optimizer_dir: Callable[[int], Path | None]
     warning_for: Callable[[int], str | None]
     trajectory: Trajectory | None = None
+    neox_family: bool = False  # trained by GPT-NeoX (Pythia, or a branch that kept NeoX numerics)
+    # The parent's own optimizer state in its NeoX checkpoints (the card's [optimizer_state] table):
+    # ``neox_unavailable(step)`` says why it cannot be imported at ``step`` (None: it can),
+    # ``import_optimizer(step)`` imports it (cached) and returns the folder.
+    optimizer_source: dict[str, Any] | None = None
+    neox_unavailable: Callable[[int], str | None] = lambda step: "the parent names no NeoX checkpoints"
+    import_optimizer: Callable[[int], Path] | None = None
+    branch_notes: list[str] = field(default_factory=list)
 
     def require_step(self, step: int) -> None:
         if step not in self.steps:
@@ -74,11 +82,13 @@ def _from_trajectory(traj: Trajectory) -> ParentRun:
         optimizer_dir=traj.optimizer_dir,
         warning_for=lambda step: None,
         trajectory=traj,
+        neox_family=(traj.meta.get("numerics") or {}).get("mode") == "neox",
     )
 
 
 def _from_registry(spec: str) -> ParentRun:
     from checkpoints_cache.fetch import ensure_checkpoint, step_warnings
+    from checkpoints_cache.neox_fetch import import_optimizer_state, unsupported_reason
     from checkpoints_cache.registry import resolve_run
 
     run = resolve_run(spec)
@@ -100,4 +110,9 @@ def _from_registry(spec: str) -> ParentRun:
         checkpoint_dir=lambda step: ensure_checkpoint(run, step),
         optimizer_dir=lambda step: None,  # the Hub releases carry weights only (ecosystem.md §0.3)
         warning_for=lambda step: "; ".join(w.removeprefix("warning: ") for w in step_warnings(run, step)) or None,
+        neox_family=run.family == "pythia",
+        optimizer_source=run.optimizer_state,
+        neox_unavailable=lambda step: unsupported_reason(run, step),
+        import_optimizer=lambda step: import_optimizer_state(run, step),
+        branch_notes=list(run.branch_notes),
     )

@@ -23,7 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
         "  branchpoint branch runs/toy-small --from-step 400 --steps 200 --intervention none --out runs/control\n"
         "  branchpoint branch runs/toy-small --from-step 400 --steps 200 --intervention lawa:k=5,every=50,mode=replace\n"
-        "  ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m resume branch runs/toy-small --from-step 400 --steps 20\n\n"
+        "  ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m resume branch runs/toy-small --from-step 400 --steps 20\n"
+        "  branchpoint branch pythia-160m --from-step 4000 --steps 1000 --optimizer-state exact --numerics neox\n\n"
+        "A Pythia parent whose card names its NeoX checkpoints (pythia-160m: every step) starts from the fp32\n"
+        "master weights and Adam moments imported from them (see `branchpoint fetch --optimizer`), with the\n"
+        "scheduler count they hold: the first update's LR is the NeoX schedule at num_iters = N - skipped_steps.\n\n"
         + _intervention_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -34,8 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="none | lawa:k=5,every=1000,mode=replace | anytime:schedule=constant,ema=25 | gstack:g=4 | "
                    "bimix:entropy=conditional | path/to/file.py:ClassName (default: none, the control)")
     p.add_argument("--optimizer-state", default=None, metavar="MODE",
-                   help="exact: the parent's saved state; reestimate: rebuild Adam's moments from the batches before "
-                   "N at lr 0; fresh: zeros (default: exact if saved, else reestimate if that data exists, else fresh)")
+                   help="exact: the parent's saved state (Pythia: imported from its NeoX checkpoint); reestimate: rebuild "
+                   "Adam's moments from the batches before N at lr 0; fresh: zeros (default: exact if it exists, else "
+                   "reestimate if that data exists, else fresh)")
+    p.add_argument("--numerics", default=None, choices=["neox", "hf"],
+                   help="neox: GPT-NeoX's rotary tables in the parent's half precision, tanh GELU and, in fp16, "
+                   "DeepSpeed's skip-on-overflow loss scaler; hf: transformers' GPT-NeoX as is "
+                   "(default: neox for NeoX-trained parents such as Pythia, hf otherwise)")
     p.add_argument("--out", default=None, metavar="TRAJ", help="branch directory (default: branches/<run>-stepN-<name>-kK)")
     p.add_argument("--resume", action="store_true", help="continue a killed branch from its last saved state")
     p.add_argument("--micro-batch-size", type=int, default=None, metavar="b",
@@ -65,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         micro_batch_size=args.micro_batch_size,
         save_every=args.save_every,
         precision=args.precision,
+        numerics=args.numerics,
     )
     from accelerate import PartialState
 
