@@ -485,21 +485,28 @@ def check_values(state: Zero1State, betas: tuple[float, float], counters: Counte
     for n in state.param_shapes:
         w, m, v = state.master[n], state.exp_avg[n], state.exp_avg_sq[n]
         for what, t in (("fp32 master", w), ("exp_avg", m), ("exp_avg_sq", v)):
-            if not bool(torch.isfinite(t).all()):
+            # one pass: a float64 sum is finite unless some element is inf or NaN
+            if t.numel() and not math.isfinite(float(t.sum(dtype=torch.float64))):
                 raise NeoXCheckpointError(f"{what} of {n} has {int((~torch.isfinite(t)).sum())} non-finite values")
-        if bool((v < 0).any()):
+        if not v.numel():
+            continue
+        vmin, vmax = torch.aminmax(v)
+        if float(vmin) < 0:
             raise NeoXCheckpointError(f"exp_avg_sq of {n} has {int((v < 0).sum())} negative values")
-        root = v.double().sqrt()
-        excess = m.double().abs() - (bound * root * (1 + 1e-3) + 1e-20)
-        if math.isfinite(bound) and bool((excess > 0).any()):
-            raise NeoXCheckpointError(
-                f"exp_avg of {n} breaks |m| <= {bound:.3f} sqrt(v) at {int((excess > 0).sum())} elements: the "
-                "moments are misaligned (neox_ckpt.md §13 step 4)"
-            )
-        pos = root > 0
-        if bool(pos.any()):
-            max_ratio = max(max_ratio, float((m.double().abs()[pos] / root[pos]).max()))
-        nonzero = nonzero or bool(m.any()) or bool(v.any())
+        ratio = m.abs().div_(v.sqrt()).nan_to_num_(nan=0.0)  # 0/0 -> 0; m != 0 with v == 0 -> inf
+        worst = float(ratio.max())
+        # fp32 is enough: the slack (1e-3 relative; 1e-20 absolute where a tiny gradient's square underflowed)
+        # dwarfs its rounding. The exact test runs only when the ratio says it may fail.
+        if math.isfinite(bound) and worst > bound * (1 + 1e-3):
+            over = m.abs() > v.sqrt() * (bound * (1 + 1e-3)) + 1e-20
+            if bool(over.any()):
+                raise NeoXCheckpointError(
+                    f"exp_avg of {n} breaks |m| <= {bound:.3f} sqrt(v) at {int(over.sum())} elements: the "
+                    "moments are misaligned (neox_ckpt.md §13 step 4)"
+                )
+            worst = float(ratio[v > 0].max()) if bool((v > 0).any()) else 0.0
+        max_ratio = max(max_ratio, worst)
+        nonzero = nonzero or float(vmax) > 0 or bool(m.any())
     if counters.iteration == 0 and nonzero:
         raise NeoXCheckpointError("step 0 has nonzero Adam moments; only the zero-gradient init step ran before it")
     if counters.num_iters >= 1 and not nonzero:

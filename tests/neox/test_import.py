@@ -167,3 +167,31 @@ def test_fetch_optimizer_cli(neox_world, neox_env, tmp_path):
     err = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert bad.returncode == 2 and len(err) == 1, bad.stderr
     assert "zero_pp_rank_1_mp_rank_00_optim_states.pt: its fp32 masters disagree" in err[0] and "Traceback" not in bad.stderr
+
+
+def test_value_checks_catch_misaligned_and_broken_moments(neox_world, tmp_path):
+    from checkpoints_cache.neox_ckpt import Counters, NeoXCheckpointError, check_shard_format, check_values, read_zero1
+
+    w = write_checkpoint(neox_world.state, 3, MAX_ELEMS)
+    shards = []
+    for r in range(3):
+        name = f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
+        st = _load(w.files[name], tmp_path, name)
+        check_shard_format(st, name)
+        shards.append((name, st))
+    zero = read_zero1(shards)
+    counters = Counters(STEP, STEP, SKIPPED, STEP - SKIPPED, 3, 1, {}, {})
+    report = check_values(zero, (0.9, 0.95), counters)
+    assert 0 < report["max_abs_m_over_sqrt_v"] < report["bound"]
+    name = "0.word_embeddings.weight"
+    good = zero.exp_avg[name].clone()
+    zero.exp_avg[name] = good.flip(0)  # moments paired with the wrong elements
+    with pytest.raises(NeoXCheckpointError, match=r"exp_avg of 0.word_embeddings.weight breaks \|m\| <= 1.165 sqrt\(v\)"):
+        check_values(zero, (0.9, 0.95), counters)
+    zero.exp_avg[name] = good
+    zero.exp_avg_sq[name][0, 0] = -1.0
+    with pytest.raises(NeoXCheckpointError, match="exp_avg_sq of 0.word_embeddings.weight has 1 negative values"):
+        check_values(zero, (0.9, 0.95), counters)
+    zero.exp_avg_sq[name][0, 0] = float("nan")
+    with pytest.raises(NeoXCheckpointError, match="exp_avg_sq of 0.word_embeddings.weight has 1 non-finite values"):
+        check_values(zero, (0.9, 0.95), counters)

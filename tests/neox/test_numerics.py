@@ -99,6 +99,11 @@ def test_loss_scaler_follows_deepspeed_rules():
     low.update_scale(True)
     assert low.cur_scale == 1.0  # never below min_scale
     assert NeoXLossScaler.from_state({"cur_scale": 8.0, "delayed_shift": 2, "dynamic": True}).cur_hysteresis == 2
+    imported = {"cur_scale": 2048.0, "cur_iter": 32, "last_overflow_iter": 7, "scale_factor": 2.0, "scale_window": 1000,
+                "min_scale": 1, "delayed_shift": 2, "cur_hysteresis": 1, "consecutive_hysteresis": False,
+                "raise_error_at_min_scale": True, "dynamic": True, "overflow": False, "dynamic_loss_scale": True}
+    s = NeoXLossScaler.from_state(imported)  # an optimizer.json loss_scale: the branch's scaler starts from it
+    assert (s.cur_scale, s.cur_iter, s.last_overflow_iter, s.cur_hysteresis) == (2048.0, 32, 7, 1)
 
 
 def _parent_with_scaler(toy: Path, tmp: Path, step: int, scale: float) -> Path:
@@ -155,6 +160,30 @@ def test_fp16_overflow_skips_the_update_consumes_the_batch_and_holds_the_schedul
     meta = Trajectory.open(out).meta
     assert meta["branch_skipped_steps"] == 2 and meta["skipped_steps"] == 2
     assert meta["numerics"]["mode"] == "neox" and meta["numerics"]["loss_scaler"]["cur_scale"] == 2.0**128
+
+    # interrupted after update 38 (last save at 36), then --resume: the skip count, the schedule offset and the
+    # scaler come back from the saved state, and the run ends where the uninterrupted one did
+    import resume.engine as engine
+
+    append = engine._append_metrics
+
+    def append_then_stop(path, row):
+        append(path, row)
+        if row["step"] == 38:
+            raise KeyboardInterrupt
+
+    engine._append_metrics = append_then_stop
+    kwargs = dict(out=tmp_path / "resumed", numerics="neox", precision="fp16", save_every=3, progress=False)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            branch(parent, 32, 8, **kwargs)
+    finally:
+        engine._append_metrics = append
+    saved = json.loads((tmp_path / "resumed" / "state" / "train_state.json").read_text())
+    assert (saved["next_update"], saved["schedule_offset"], saved["loss_scaler"]["cur_scale"]) == (36, 2, 2.0**127)
+    resumed = branch(parent, 32, 8, resume=True, **kwargs)
+    assert same_weights(weights(resumed, 40), weights(out, 40))
+    assert metrics(resumed) == rows and Trajectory.open(resumed).meta["skipped_steps"] == 2
 
 
 def test_numerics_default_and_refusals(toy_tiny, tmp_path):
