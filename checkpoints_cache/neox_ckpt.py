@@ -128,9 +128,9 @@ def safe_load(path: str | Path, display: str | None = None) -> Any:
                 # a pre-zipfile (legacy) torch file cannot be memory-mapped
                 return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line),
-                      str(e).splitlines()[0] if str(e) else "unpickling refused")
-        raise NeoXCheckpointError(f"{display} holds a pickled object outside the allow-list ({reason[:200]}); "
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        reason = found.group(1) if found else (str(e).splitlines() or ["unpickling refused"])[0][:160]
+        raise NeoXCheckpointError(f"{display} holds a pickled object outside the allow-list ({reason}); "
                                   "refusing to unpickle it") from None
     except (EOFError, zipfile.BadZipFile, RuntimeError, OSError, ValueError) as e:
         first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__

@@ -8,6 +8,7 @@ of our own serves them, so the shared one of tests/checkpoints_cache keeps its r
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -127,6 +128,9 @@ def _bad_branches(state: NeoXState) -> dict[str, dict[str, bytes]]:
     out["step128"] = write_checkpoint(_variant(state, 128), 2, MAX_ELEMS, shard_hook=lambda r, sd: {
         **sd, "optimizer_state_dict": {**sd["optimizer_state_dict"], "clip_grad": 1.0}}).files  # unknown key
     out["step256"] = write_checkpoint(_variant(state, 128), 2, MAX_ELEMS).files  # mp_rank file of step 128
+    out["step2000"] = write_checkpoint(_variant(state, 2000), 2, MAX_ELEMS, shard_hook=lambda r, sd: {
+        **sd, "optimizer_state_dict": {**sd["optimizer_state_dict"], "loss_scaler": argparse.Namespace(cur_scale=1.0)}}
+    ).files  # an object no allow-list admits
     return out
 
 

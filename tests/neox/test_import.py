@@ -131,6 +131,7 @@ def test_release_defect_is_reported_with_both_hashes(neox_world, neox_env, tmp_p
     (128, "unexpected optimizer_state_dict keys (unknown clip_grad)"),
     (256, "mp_rank_00_model_states.pt is at iteration 128 (global_steps 128), not step 256"),
     (1000, "zero_pp_rank_1_mp_rank_00_optim_states.pt: its fp32 masters disagree with the fp16 weights of step 1000"),
+    (2000, "zero_pp_rank_0_mp_rank_00_optim_states.pt holds a pickled object outside the allow-list (argparse.Namespace)"),
 ])
 def test_bad_input_is_one_clear_line(neox_world, neox_env, step, message):
     with pytest.raises(UserError) as e:

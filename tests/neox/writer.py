@@ -202,7 +202,7 @@ def write_checkpoint(state: NeoXState, dp: int, max_elems: int, *,
             lean_lengths[r].append([])
         padded = {key: torch.cat([f, torch.zeros(pad)]) for key, f in flats.items()}
         for j in range(k * dp):
-            r, c = j % dp, j // dp
+            r = j % dp  # piece j is rank r's comm interval j // dp
             keep = s - min(max((j + 1) * s - n, 0), s)
             for key in per_rank[r]:
                 piece = padded[key][j * s:(j + 1) * s].clone()  # its own s-element storage ...
