@@ -43,7 +43,12 @@ def run(args: argparse.Namespace) -> int:
                   f"batch {rec['batch_size']} x {rec['seq_len']}, {rec['precision']}")
             if order.get("repo_id"):
                 print(f"    data: {order['repo_id']}" + (f" -- {order['note']}" if order.get("note") else ""))
-            for note in r.get("notes", []):
+            src = r.get("optimizer_state")
+            if src:
+                where = src["revision"] if "{N}" in src["revision"] else f"{src['revision']} = step {src.get('step')}"
+                mp = f", model-parallel {src['model_parallel']} (not importable)" if src.get("model_parallel", 1) > 1 else ""
+                print(f"    optimizer state: {src['repo_id']} ({src['kind']}, {where}{mp})")
+            for note in r.get("notes", []) + r.get("branch_notes", []):
                 print(f"    note: {note}")
             for d in defects_for(r["name"], r["family"]):
                 print(f"    defect {d.issue}: {d.text}")
