@@ -1,11 +1,20 @@
-"""AdamW with the parent's hyperparameters, weight decay only on matrices (not biases or norms)."""
+"""AdamW with the parent's hyperparameters; weight decay on the parameters the parent's recipe decayed."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from checkpoints_cache.errors import UserError
 from checkpoints_cache.recipe import Recipe
+
+# Recipe.weight_decay_scope values:
+# - "matrices": no decay on biases and norms -- neox@v1.0 get_params_for_weight_decay_optimization
+#   (pythia.md §2.1) and Megatron's get_param_groups ("do not regularize biases nor Norm parameters",
+#   k2-train megatron/optimizer/__init__.py @869fbb9);
+# - "all": every parameter decays -- amber-train main.py @64bc595 builds
+#   torch.optim.AdamW(model.parameters(), weight_decay=0.1), one group, RMSNorm weights included.
+WEIGHT_DECAY_SCOPES = ("matrices", "all")
 
 
 def is_no_decay(name: str, param: torch.Tensor) -> bool:
@@ -15,12 +24,14 @@ def is_no_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim < 2 or lname.endswith(".bias") or "norm" in lname or "ln_" in lname
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, scope: str = "matrices") -> list[dict]:
+    if scope not in WEIGHT_DECAY_SCOPES:
+        raise UserError(f"recipe weight_decay_scope {scope!r} is unknown; use one of {', '.join(WEIGHT_DECAY_SCOPES)}")
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if is_no_decay(name, p) else decay).append(p)
+        (no_decay if scope == "matrices" and is_no_decay(name, p) else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -28,10 +39,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
-    """Decoupled AdamW as apex FusedAdam(adam_w_mode=True) in NeoX (pythia.md §2.1). The LR is set
-    by the engine before every update, so the initial value here is irrelevant."""
+    """Decoupled AdamW as apex FusedAdam(adam_w_mode=True) in NeoX (pythia.md §2.1) and torch AdamW in Amber.
+    The LR is set by the engine before every update, so the initial value here is irrelevant."""
     return torch.optim.AdamW(
-        param_groups(model, recipe.weight_decay),
+        param_groups(model, recipe.weight_decay, recipe.weight_decay_scope),
         lr=0.0,
         betas=tuple(recipe.betas),
         eps=recipe.eps,

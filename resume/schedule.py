@@ -28,10 +28,23 @@ def neox_cosine(n: int, lr: float, min_lr: float, warmup: int, decay_iters: int)
 
 
 def linear_warmup_cosine(n: int, lr: float, min_lr: float, warmup: int, decay_iters: int) -> float:
-    """Linear warmup to lr over W updates, then cosine from lr to min_lr at ``decay_iters`` (Amber, K2;
-    llm360.md §4), held at min_lr afterwards."""
+    """Linear warmup from 0, then cosine from lr to min_lr at ``decay_iters``, held at min_lr afterwards
+    (Amber and K2, llm360.md §4). Update ``n`` uses lr(n); the first update (n = 0) has lr 0:
+
+    - Amber (amber-train @64bc595): ``main_utils.get_cosine_lr_decay_fn`` gives ``lr*step/W`` for
+      step < W, else ``min + ½(lr − min)(1 + cos(π(step − W)/(E − W)))`` (E = total steps, min past it),
+      and ``main.py::train_chunk`` sets the LR from ``step`` *before* ``step += 1``, with
+      ``step = chunk_idx * 762`` at each chunk start. That is the released ``run.sh`` config
+      (accumulate 1); the earlier 4-way accumulation config counted micro-steps (lr at update n =
+      lr(4n+3) on a 4x grid), which is not modelled.
+    - K2 (k2-train @869fbb9, Megatron): ``OptimizerParamScheduler.get_lr`` gives ``max_lr*num_steps/W``
+      for num_steps <= W and the same cosine over [W, E] (``lr_decay_iters`` unset = ``train_iters``);
+      ``num_steps`` counts samples (W and E are scaled by the global batch too) and is advanced by
+      ``step(increment)`` *after* each update, from ``step(0)`` at construction. Update n therefore
+      uses ``max_lr*n/W``: the same function (at n = W both conventions give the peak).
+    """
     if warmup > 0 and n < warmup:
-        return lr * (n + 1) / warmup
+        return lr * n / warmup
     span = max(1, decay_iters - warmup)
     progress = min(1.0, (n - warmup) / span)
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
