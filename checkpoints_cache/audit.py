@@ -20,7 +20,6 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from . import hub
 from .errors import UserError
 from .fetch import AUX_FILES, CONFIG, audit_flags_path
-from .grids import step_of_revision
 from .registry import RunInfo
 from .trajectory import atomic_write_json
 
@@ -45,7 +44,7 @@ def audit(run: RunInfo, *, endpoint: str | None = None, max_workers: int = 8, sa
 
     grid = list(run.steps)
     if not grid:  # runs whose grid is known only from the Hub (Crystal)
-        grid = sorted(s for s in (step_of_revision(run.scheme, b) for b in branches) if s is not None)
+        grid = sorted(s for s in (run.step_of_revision(b) for b in branches) if s is not None)
     wanted = [(s, run.revision(s)) for s in grid] + ([(None, "main")] if "main" in branches else [])
 
     def listing(rev: str) -> dict[str, str | None]:

@@ -27,12 +27,12 @@ def pythia_revision(step: int) -> str:
     return f"step{step}"
 
 
-def amber_revision(step: int) -> str:
-    return f"ckpt_{step // AMBER_STEPS_PER_CKPT - 1:03d}"
+def amber_revision(step: int, steps_per_ckpt: int = AMBER_STEPS_PER_CKPT) -> str:
+    return f"ckpt_{step // steps_per_ckpt - 1:03d}"
 
 
-def k2_revision(step: int) -> str:
-    return f"ckpt_{step // K2_ITERS_PER_CKPT}"
+def k2_revision(step: int, steps_per_ckpt: int = K2_ITERS_PER_CKPT) -> str:
+    return f"ckpt_{step // steps_per_ckpt}"
 
 
 # Branch name -> step, per naming scheme; used by `steps --remote` and the audit.
@@ -40,8 +40,10 @@ _STEP_RE = re.compile(r"^step(\d+)$")
 _CKPT_RE = re.compile(r"^ckpt_(\d+)$")
 
 
-def step_of_revision(scheme: str, name: str) -> int | None:
-    """The checkpoint step a branch name stands for under ``scheme``, or None if it is not a step branch."""
+def step_of_revision(scheme: str, name: str, steps_per_ckpt: int | None = None) -> int | None:
+    """The checkpoint step a branch name stands for under ``scheme``, or None if it is not a step branch.
+    ``steps_per_ckpt``: the card's ``[data_order] steps_per_chunk`` for the ckpt_k schemes (a scaled-down
+    Amber- or K2-shaped release); default Amber's 762 and K2's 941."""
     if scheme == "crystal":
         return crystal_step(name)
     if scheme == "stepN":
@@ -52,9 +54,9 @@ def step_of_revision(scheme: str, name: str) -> int | None:
         return None
     k = int(m.group(1))
     if scheme == "amber":
-        return (k + 1) * AMBER_STEPS_PER_CKPT
+        return (k + 1) * (steps_per_ckpt or AMBER_STEPS_PER_CKPT)
     if scheme == "k2":
-        return k * K2_ITERS_PER_CKPT
+        return k * (steps_per_ckpt or K2_ITERS_PER_CKPT)
     return None
 
 
@@ -74,5 +76,8 @@ def crystal_step(name: str) -> int | None:
     m = _CRYSTAL_RE.match(name)
     return None if not m else CRYSTAL_PHASE_OFFSETS[int(m.group(1)) - 1] + int(m.group(2))
 
+
+# Schemes whose revision names depend on the card's steps per checkpoint ([data_order] steps_per_chunk).
+PER_CHUNK_SCHEMES = ("amber", "k2")
 
 REVISION_OF = {"stepN": pythia_revision, "amber": amber_revision, "k2": k2_revision, "crystal": crystal_revision}

@@ -18,7 +18,7 @@ from typing import Any
 from . import data_store
 from .defects import Defect, defects_for
 from .errors import UserError
-from .grids import REVISION_OF
+from .grids import PER_CHUNK_SCHEMES, REVISION_OF, step_of_revision
 from .recipe import Recipe
 from .runs_table import all_rows
 from .trajectory import Trajectory, describe_nearest
@@ -52,15 +52,45 @@ class RunInfo:
         if step not in self.steps:
             raise UserError(
                 f"step {step} is not a checkpoint of {self.name}; nearest available: "
-                f"{describe_nearest(self.steps, step)} (`branchpoint steps {self.name}` lists all)"
+                f"{self.describe_nearest(step)} (`branchpoint steps {self.name}` lists all)"
             )
+
+    def describe_nearest(self, step: int) -> str:
+        """``762 and 1524 (ckpt_000 and ckpt_001)``: the neighbouring grid steps, with their branch names
+        where those are not just ``stepN``."""
+        near = describe_nearest(self.steps, step)
+        if self.scheme == "stepN" or self.family == "local" or near == "none":
+            return near
+        names = " and ".join(self._revision(int(s)) for s in near.split(" and "))
+        return f"{near} ({names})"
+
+    def _steps_per_ckpt(self) -> int | None:
+        per = (self.data_order or {}).get("steps_per_chunk")
+        return int(per) if per else None
+
+    def _revision(self, step: int) -> str:
+        if self.scheme in PER_CHUNK_SCHEMES and self._steps_per_ckpt():
+            return REVISION_OF[self.scheme](step, self._steps_per_ckpt())
+        return REVISION_OF[self.scheme](step)
 
     def revision(self, step: int) -> str:
         """The Hub branch holding checkpoint ``step`` (``step1000``, ``ckpt_001``, ...)."""
         self.check_step(step)
         if self.family == "local":
             return f"step{step}"
-        return REVISION_OF[self.scheme](step)
+        return self._revision(step)
+
+    def step_of_revision(self, name: str) -> int | None:
+        """The step a branch name of this run stands for (``ckpt_012`` -> 9906 for Amber), or None."""
+        if self.family == "local":
+            return step_of_revision("stepN", name)
+        return step_of_revision(self.scheme, name, self._steps_per_ckpt())
+
+    @property
+    def branch_refusal(self) -> str | None:
+        """Why this run cannot be branched (the card's ``[data_order] not_branchable``), or None."""
+        reason = (self.data_order or {}).get("not_branchable")
+        return f"{self.name} cannot be branched: {reason}" if reason else None
 
     def has_optimizer_state(self, step: int) -> bool:
         # Released HF repos hold weights only (pythia.md §3, llm360.md §2).
@@ -98,12 +128,18 @@ def _looks_like_path(spec: str) -> bool:
     return os.sep in spec or spec.startswith(".") or Path(spec).exists()
 
 
-def _data_order_with_path(order: dict[str, Any]) -> dict[str, Any]:
+# Data released as chunk files (LLM360): data_order.chunked converts them; the token dtype follows the vocabulary.
+CHUNK_KINDS = ("amber-chunks", "k2-chunks")
+
+
+def _data_order_with_path(order: dict[str, Any], architecture: dict[str, Any] | None = None) -> dict[str, Any]:
     order = dict(order)
     order["path"] = None
     if order.get("kind") == "mmidx" and order.get("repo_id"):
         found = data_store.existing_partial_dir(order["repo_id"], order.get("revision", "main"))
         order["path"] = str(found) if found else None
+    if order.get("kind") in CHUNK_KINDS and (architecture or {}).get("vocab_size"):
+        order.setdefault("vocab_size", int(architecture["vocab_size"]))
     return order
 
 
@@ -115,7 +151,7 @@ def _from_row(row: dict[str, Any]) -> RunInfo:
         steps=list(row["grid"]),
         recipe=Recipe.from_dict(row["recipe"]),
         architecture=dict(row["architecture"]),
-        data_order=_data_order_with_path(row["data_order"]),
+        data_order=_data_order_with_path(row["data_order"], row.get("architecture")),
         defects=defects_for(row["name"], row["family"]),
         trust_remote_code_required=bool(row.get("trust_remote_code", False)),
         scheme=row["scheme"],

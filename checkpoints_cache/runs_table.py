@@ -159,20 +159,38 @@ def pythia_rows() -> list[dict[str, Any]]:
     return rows
 
 
+# K2's chunk order, as the value of the list expression in k2-train/main.py @869fbb9 (llm360.md §3.3):
+# chunks 0-15, 32-37, 44-51, then the rest in order, with the chunks at the two loss-spike restarts
+# (positions 160 and 185, i.e. chunks 160 and 186) moved to the end. Inclusive [first, last] ranges.
+K2_CHUNK_ORDER = [[0, 15], [32, 37], [44, 51], [16, 31], [38, 43], [52, 159], [161, 185], [187, 359], [160, 160],
+                  [186, 186]]
+
+AMBER_EXACTNESS = "rows-of-chunk exact, order approximate"
+K2_EXACTNESS = "exact if the released chunks are the shuffled files (unverified, llm360.md §3.3)"
+
+
 def llm360_rows() -> list[dict[str, Any]]:
     amber = dict(
         name="amber", repo_id="LLM360/Amber", family="amber", scheme="amber", grid=AMBER_GRID,
-        # llm360.md §4: AdamW 0.9/0.95, wd 0.1, clip 1.0, lr 3e-4, warmup 2000, cosine to 3e-5 over 274,320.
+        # llm360.md §4: AdamW 0.9/0.95, wd 0.1, clip 1.0, lr 3e-4, warmup 2000, cosine to 3e-5 over 274,320;
+        # amber-train main.py decays every parameter (one AdamW group over model.parameters()).
         recipe=dict(lr=3e-4, min_lr=3e-5, warmup_iters=2000, decay_iters=274320, train_iters=274320,
                     schedule="linear-warmup-cosine", betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, grad_clip=1.0,
-                    batch_size=2240, seq_len=2048, precision="bf16", seed=11111),
+                    batch_size=2240, seq_len=2048, precision="bf16", seed=11111, weight_decay_scope="all"),
         # llm360.md §1.1: LlamaForCausalLM, 32 x 4096, MLP 11008, 32 heads, RMSNorm 1e-6, vocab 32000.
         architecture={"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 32,
                       "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
                       "rms_norm_eps": 1e-6, "vocab_size": 32000, "max_position_embeddings": 2048},
+        # llm360.md §3.1 (amber-train main.py / main_utils.py @64bc595): chunk k = train_{k:03d}.jsonl, trained
+        # whole before ckpt_k; a permutation of examples_per_chunk lines per chunk, truncated to the batch.
         data_order={"kind": "amber-chunks", "repo_id": "LLM360/AmberDatasets", "repo_type": "dataset",
-                    "revision": "main", "batch_size": 2240, "seq_len": 2048, "exactness": "chunk-level",
-                    "note": "ckpt_k trained on train_k.jsonl; the order within a chunk is not recoverable (llm360.md §3.1)"},
+                    "revision": "main", "batch_size": 2240, "seq_len": 2048,
+                    "chunk_file": "train/train_{k:03d}.jsonl", "n_chunks": 360, "examples_per_chunk": 1706976,
+                    "steps_per_chunk": 762, "seed_base": 11111, "order": "seeded",
+                    "token_field": "token_ids", "label_field": "source", "exactness": AMBER_EXACTNESS,
+                    "note": ("ckpt_k trained on train_k.jsonl (exact); the order within a chunk depends on the run's "
+                             "unpublished restart history (llm360.md §3.1): order=seeded is the permutation of a run "
+                             "that never restarted, order=file the file's (subset) order")},
         notes=["ckpt_000 is after the first chunk (step 762), not the initialization; fp32 .bin shards, ~27 GB each"],
     )
     k2 = dict(
@@ -180,15 +198,28 @@ def llm360_rows() -> list[dict[str, Any]]:
         # llm360.md §4: lr 1.5e-4, warmup 2000, cosine to 1.5e-5 over 338,760, batch 2040, bf16, seed 22238.
         recipe=dict(lr=1.5e-4, min_lr=1.5e-5, warmup_iters=2000, decay_iters=338760, train_iters=338760,
                     schedule="linear-warmup-cosine", betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, grad_clip=1.0,
-                    batch_size=2040, seq_len=2048, precision="bf16", seed=22238),
+                    batch_size=2040, seq_len=2048, precision="bf16", seed=22238, weight_decay_scope="matrices"),
         architecture={"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 80,
                       "hidden_size": 8192, "intermediate_size": 22016, "num_attention_heads": 64,
                       "rms_norm_eps": 1e-5, "vocab_size": 32032, "max_position_embeddings": 2048},
+        # llm360.md §3.3: chunk_{i}.jsonl shuffled offline (seed 11111 + i), read sequentially (Megatron's
+        # sequential sampler) in K2_CHUNK_ORDER; 941 iterations x 2040 = 1,919,640 rows per chunk (unverified).
+        # Records: Megatron --seq-length 2048, labels shifted with the last position masked (main.py get_batch),
+        # i.e. rows of 2048 tokens = 2047 inputs + 1 here (the record length itself is unverified).
         data_order={"kind": "k2-chunks", "repo_id": "LLM360/K2Datasets", "repo_type": "dataset", "revision": "main",
-                    "batch_size": 2040, "seq_len": 2048, "exactness": "chunk-level",
-                    "note": ("chunk order hard-coded in k2-train/main.py; rows within a chunk are exact only if the "
-                             "released chunks are the shuffled ones (unverified, llm360.md §3.3)")},
+                    "batch_size": 2040, "seq_len": 2047, "chunk_file": "chunk_{k}.jsonl", "n_chunks": 360,
+                    "examples_per_chunk": 1919640, "steps_per_chunk": 941, "chunk_order": K2_CHUNK_ORDER,
+                    "order": "sequential", "token_field": "token_ids", "label_field": "subset_name",
+                    "exactness": K2_EXACTNESS,
+                    "note": ("chunk order hard-coded in k2-train/main.py with the loss-spike moves; rows are exact only "
+                             "if the released chunks are the shuffled ones (k2-data-prep shuffle.py has N_CHUNKS = 32) "
+                             "and hold 1,919,640 rows of 2048 tokens each (unverified, llm360.md §3.3)")},
         notes=["ckpt_k = iteration 941*k (1-based naming inferred, llm360.md §1.4); stage 2 not covered"],
+    )
+    crystal_refusal = (
+        "its data are Cerebras HDF5 mixtures (CrystalCoderDatasets phase1-3) whose step -> rows mapping needs Cerebras "
+        "ModelZoo loader semantics (weighted mixture sampling, not published as code branchpoint can run), and its "
+        "model is a muP CrystalCoderLMHeadModel that loads only with trust_remote_code (llm360.md §1.3, §3.2)"
     )
     crystal = dict(
         name="crystal", repo_id="LLM360/CrystalCoder", family="crystal", scheme="crystal", grid=(),
@@ -201,9 +232,11 @@ def llm360_rows() -> list[dict[str, Any]]:
                       "n_embd": 4096, "n_inner": 10922, "n_head": 32, "vocab_size": 32032, "n_positions": 2048},
         data_order={"kind": "unknown", "repo_id": "LLM360/CrystalCoderDatasets", "repo_type": "dataset",
                     "revision": "main", "batch_size": 2112, "seq_len": 2048, "exactness": "unknown",
-                    "note": "Cerebras HDF5 mixtures; step -> rows needs ModelZoo sampling semantics (llm360.md §3.2)"},
+                    "note": "Cerebras HDF5 mixtures; step -> rows needs ModelZoo sampling semantics (llm360.md §3.2)",
+                    "not_branchable": crystal_refusal},
         trust_remote_code=True,
-        notes=["branches CrystalCoder_phase{1,2,3}_checkpoint_NNNNNN; the grid is known only from the Hub (--remote)"],
+        notes=["branches CrystalCoder_phase{1,2,3}_checkpoint_NNNNNN; the grid is known only from the Hub (--remote)",
+               "not branchable: " + crystal_refusal],
     )
     return [amber, k2, crystal]
 

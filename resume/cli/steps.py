@@ -41,15 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import RepositoryNotFoundError
 
     from checkpoints_cache import hub
-    from checkpoints_cache.grids import step_of_revision
-
     try:
         refs = hub.with_retries(lambda: hub.api().list_repo_refs(info.repo_id), f"refs of {info.repo_id}")
     except RepositoryNotFoundError:
         raise UserError(f"repository {info.repo_id} was not found on {hub.endpoint_of(None)}") from None
     on_hub = {}
     for b in refs.branches:
-        s = step_of_revision(info.scheme, b.name)
+        s = info.step_of_revision(b.name)
         if s is not None:
             on_hub[s] = b.name
     grid = info.steps or sorted(on_hub)

@@ -75,7 +75,9 @@ def test_data_order_sources():
     # Only the init differs for weight-seed runs: the standard order applies.
     assert resolve_run("pythia-160m-weight-seed2").data_order["repo_id"] == "EleutherAI/pile-standard-pythia-preshuffled"
     amber = resolve_run("LLM360/Amber").data_order
-    assert amber["kind"] == "amber-chunks" and amber["exactness"] == "chunk-level"
+    assert amber["kind"] == "amber-chunks" and amber["exactness"] == "rows-of-chunk exact, order approximate"
+    assert (amber["examples_per_chunk"], amber["steps_per_chunk"], amber["seed_base"], amber["order"]) == (
+        1706976, 762, 11111, "seeded")
 
 
 def test_amber_ckpt_names_and_steps():
@@ -85,7 +87,7 @@ def test_amber_ckpt_names_and_steps():
     assert step_of_revision("amber", "ckpt_100") == 101 * 762
     r = run.recipe
     assert (r.lr, r.min_lr, r.warmup_iters, r.schedule, r.batch_size) == (3e-4, 3e-5, 2000, "linear-warmup-cosine", 2240)
-    with pytest.raises(UserError, match="nearest available: 762 and 1524"):
+    with pytest.raises(UserError, match=r"nearest available: 762 and 1524 \(ckpt_000 and ckpt_001\)"):
         run.revision(1000)
 
 
