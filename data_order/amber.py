@@ -12,6 +12,15 @@ Facts (reference/llm360.md §1.1 and §3.1, from ``amber-train/main.py`` + ``run
 
 Step numbers follow branchpoint's semantics (``steps.py``): batch ``s`` is trained by the update
 that produces step ``s+1``, and lives in chunk ``s // 762``.
+
+The seeded order (``seeded_permutation``, used by ``data_order.chunked`` for ``order = "seeded"``)
+is the one a run that never restarted would have drawn: amber-train ``main.py`` @64bc595 calls
+``fabric.seed_everything(11111 + last_ckpt_idx + 1)`` once per process (last_ckpt_idx = -1 on a
+fresh start: ``np.random.seed(11111)``), then ``main_utils.load_jsonl_examples`` draws one
+``np.random.permutation(TRAIN_EXAMPLES_PER_CHUNK)`` per chunk, nothing else touching NumPy's RNG;
+it keeps the first ``n // 2240 * 2240`` entries, and step j of the chunk trains on entries
+``[2240 j, 2240 (j+1))`` (the ranks' ``perm[r::world]`` slices of 10 rows each, joined). The set of
+rows of a chunk is exact either way; the order is approximate (the restart history is unpublished).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ ROWS_PER_STEP = 2240  # 56 nodes x 4 GPUs x 10 per device, accumulate 1 (run.sh 
 SEQ_LEN = 2048
 ROW_LEN = SEQ_LEN + 1  # records carry 2049 tokens: inputs [:-1], labels [1:]
 TRAIN_EXAMPLES_PER_CHUNK = 1_706_976
+SEED_BASE = 11111  # RANDOM_SEED in amber-train main.py
 TOTAL_STEPS = N_CHUNKS * STEPS_PER_CHUNK  # 274,320
 WITHIN_CHUNK_ORDER_RECOVERABLE = False
 DATASET_REPO = "LLM360/AmberDatasets"
@@ -55,6 +65,38 @@ class AmberOrderWarning(UserWarning):
 def _check_chunk(k: int) -> None:
     if int(k) != k or not (0 <= k < N_CHUNKS):
         raise DataOrderError(f"Amber chunk/checkpoint {k} does not exist; use 0..{N_CHUNKS - 1} (ckpt_000 .. ckpt_359)")
+
+
+def seeded_permutation(chunk: int, examples_per_chunk: int = TRAIN_EXAMPLES_PER_CHUNK,
+                       seed_base: int = SEED_BASE) -> np.ndarray:
+    """Chunk ``chunk``'s permutation of ``range(examples_per_chunk)`` had the run never restarted: the
+    ``chunk + 1``-th ``np.random.permutation(examples_per_chunk)`` after ``np.random.seed(seed_base)``."""
+    return seeded_permutations([chunk], examples_per_chunk, seed_base)[chunk]
+
+
+def seeded_permutations(chunks, examples_per_chunk: int = TRAIN_EXAMPLES_PER_CHUNK,
+                        seed_base: int = SEED_BASE) -> dict[int, np.ndarray]:
+    """``seeded_permutation`` for several chunks in one pass over the draws (each draw depends on all
+    before it, so chunk k costs k + 1 draws: ~0.1-0.2 s each at Amber's size on one CPU core).
+
+    Drawn from a private ``RandomState`` (the generator ``np.random.seed`` seeds), so the caller's
+    global RNG is untouched.
+    """
+    wanted = sorted({int(c) for c in chunks})
+    for c in wanted:
+        if c < 0:
+            raise DataOrderError(f"chunk {c} is not a chunk index (0, 1, ...)")
+    if int(examples_per_chunk) != examples_per_chunk or examples_per_chunk < 1:
+        raise DataOrderError(f"examples_per_chunk {examples_per_chunk} must be a positive number of rows")
+    out: dict[int, np.ndarray] = {}
+    if not wanted:
+        return out
+    rng = np.random.RandomState(int(seed_base))
+    for draw in range(wanted[-1] + 1):
+        perm = rng.permutation(int(examples_per_chunk))
+        if draw in wanted:
+            out[draw] = perm
+    return out
 
 
 def revision_name(k: int) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlparse
 
-LFS_SUFFIXES = (".safetensors", ".bin", ".idx", ".pt")
+LFS_SUFFIXES = (".safetensors", ".bin", ".idx", ".pt", ".jsonl")  # .jsonl: LLM360 data chunks are LFS
 
 
 def git_blob_sha1(data: bytes) -> str:
