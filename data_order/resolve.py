@@ -3,8 +3,11 @@
 A trajectory's ``trajectory.json`` carries ``"data_order": {"kind": "mmidx", "path": "data",
 "batch_size": B, "seq_len": T, ...}`` with ``path`` relative to the trajectory directory.
 Kind ``"amber"``: ``path`` is a folder of LLM360 ``train_KKK.jsonl`` chunks (or with them under
-``train/``), ``batch_size`` 2240 and ``seq_len`` 2048. Registry runs are resolved by ``checkpoints_cache.registry.resolve_run(spec).data_order`` (same
-keys plus ``exactness``), when that module exists.
+``train/``), ``batch_size`` 2240 and ``seq_len`` 2048, read in file order. Kinds ``"amber-chunks"`` and
+``"k2-chunks"`` (the registry's LLM360 releases, ``data_order.chunked``) carry no path: their rows come
+from the local token stores of converted chunks, in the card's order. Registry runs are resolved by
+``checkpoints_cache.registry.resolve_run(spec).data_order`` (same keys plus ``exactness``), when that
+module exists.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from typing import Any, Iterator
 
 from checkpoints_cache.trajectory import TRAJECTORY_FILE, Trajectory
 
+from .chunked import CHUNK_KINDS
 from .mmidx import DataOrderError
 
-KINDS = ("mmidx", "amber")
+KINDS = ("mmidx", "amber", "amber-chunks", "k2-chunks")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class DataSpec:
     source: str = ""
     steps_per_chunk: int | None = None  # kind "amber" only (default 762); lets tests use tiny chunks
     tokenizer: str | None = None  # name or path for --decode, when the run declares one
+    order: dict[str, Any] | None = None  # kinds amber-chunks / k2-chunks: the whole [data_order] (data_order.chunked)
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.path, self.batch_size, self.seq_len))
@@ -43,19 +48,21 @@ class DataSpec:
         return TokenRows(self.path, self.batch_size, self.seq_len)
 
 
-KIND_ALIASES = {"amber-chunks": "amber"}  # the registry's name for LLM360 Amber's chunk files
-
-
 def _from_data_order(order: dict[str, Any] | None, base: Path | None, source: str, fetch_hint: str = "") -> DataSpec:
     if not order:
         raise DataOrderError(f"{source} declares no data order; pass --data PREFIX --batch-size B --seq-len T instead")
     kind = str(order.get("kind", "mmidx"))
-    kind = KIND_ALIASES.get(kind, kind)
+    if kind in CHUNK_KINDS:  # rows come from converted chunk stores, not from a path
+        return DataSpec(path=str(order.get("repo_id")), batch_size=int(order["batch_size"]),
+                        seq_len=int(order["seq_len"]), kind=kind, exactness=str(order.get("exactness") or ""),
+                        source=source, tokenizer=str(order["tokenizer"]) if order.get("tokenizer") else None,
+                        order=dict(order))
     if kind not in KINDS:
         note = f" ({order['note']})" if order.get("note") else ""
         raise DataOrderError(
             f"{source} has data order of kind {kind!r}{note}; `branchpoint batch` reads kinds 'mmidx' (.idx/.bin or "
-            "shards) and 'amber' (a folder of LLM360 train_KKK.jsonl chunks)"
+            "shards), 'amber' (a folder of LLM360 train_KKK.jsonl chunks) and the LLM360 chunk releases "
+            "'amber-chunks' / 'k2-chunks'"
         )
     if order.get("path") in (None, "") and fetch_hint:
         raise DataOrderError(f"the data of {source} is not in the local cache; {fetch_hint}")
@@ -104,6 +111,9 @@ def resolve_data(run_spec: str) -> DataSpec:
             "--data PREFIX --batch-size B --seq-len T"
         )
     run = registry.resolve_run(run_spec)  # raises UserError for unknown names
+    refusal = getattr(run, "branch_refusal", None)
+    if refusal:
+        raise DataOrderError(refusal)
     order = getattr(run, "data_order", None)
     if order is None and isinstance(run, dict):
         order = run.get("data_order")

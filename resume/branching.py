@@ -43,10 +43,19 @@ def reestimate_count(beta2: float, branch_step: int) -> int:
 
 
 def open_data(parent: ParentRun, first_batch: int, last_batch: int) -> Any:
-    """The parent's data order, checked to hold global batches first_batch .. last_batch - 1."""
+    """The parent's data order, checked to hold global batches first_batch .. last_batch - 1.
+
+    A release of chunk files (LLM360 Amber, K2: ``data_order.chunked``) gives a ``ChunkRows`` over the
+    chunks already converted on this machine; ``branch`` fetches and converts the missing ones after
+    printing its plan (``resume.chunk_plan``)."""
+    from data_order.chunked import ChunkLayout, ChunkRows, is_chunked, local_stores
     from data_order.source import TokenRows
 
     order = parent.data_order
+    if is_chunked(order):
+        layout = ChunkLayout.from_order(order, parent.name)
+        layout.check_batches(first_batch, last_batch, f"a branch of {parent.name}")
+        return ChunkRows(layout, local_stores(layout, {"branch": (first_batch, last_batch)}))
     if not order or not order.get("path"):
         raise UserError(
             f"{parent.name} has no local data order; fetch it with "
@@ -65,6 +74,8 @@ def open_data(parent: ParentRun, first_batch: int, last_batch: int) -> Any:
 def batches_available(data: Any, first_batch: int, stop_batch: int) -> bool:
     from data_order.mmidx import NotFetchedError
 
+    if hasattr(data, "can_serve"):  # chunk releases: fetchable batches count (the plan fetches them)
+        return data.can_serve(first_batch, stop_batch)
     if first_batch < 0 or stop_batch > data.num_batches:
         return False
     try:
@@ -100,7 +111,8 @@ def choose_optimizer_mode(
         return "exact", f"the parent's NeoX checkpoint ({parent.optimizer_source['repo_id']}) holds its optimizer state"
     m = reestimate_count(parent.recipe.betas[1], step)
     if step > 0 and batches_available(data, step - m, step):
-        return "reestimate", f"no saved optimizer state; the {m} batches before the branch step are available"
+        where = "in the released chunk files" if hasattr(data, "can_serve") else "available"
+        return "reestimate", f"no saved optimizer state; the {m} batches before the branch step are {where}"
     if step == 0:
         return "fresh", "step 0 has no optimizer state to rebuild"
     return "fresh", f"no saved optimizer state, and batches {step - m}..{step - 1} (to reestimate it) are not on disk"
@@ -141,6 +153,9 @@ def load_model(checkpoint_dir: Path) -> Any:
 def branch_context(parent: ParentRun, step: int, end: int, out: Path, data: Any) -> BranchContext:
     domains = (parent.data_order or {}).get("domains") or {}
     labels = np.load(domains["labels"], mmap_mode="r") if domains.get("labels") else None
+    names = domains.get("names")
+    if hasattr(data, "row_domains"):  # chunk releases: one label per row of the training order, from the stores
+        labels, names = data.row_domains, data.domain_names
     return BranchContext(
         branch_step=step,
         end_step=end,
@@ -148,16 +163,29 @@ def branch_context(parent: ParentRun, step: int, end: int, out: Path, data: Any)
         parent_grid=parent.grid,
         out_dir=out,
         row_domains=labels,
-        domain_names=domains.get("names"),
+        domain_names=names,
         take_rows=data.take,
         num_rows=data.num_rows,
         extra={"parent": parent.spec, "parent_trajectory": parent.trajectory},
     )
 
 
+def _with_order(run: ParentRun, order: str | None) -> None:
+    """Apply ``--order`` (seeded | file) to a chunk-released parent's data order, checked."""
+    from data_order.chunked import ChunkLayout, is_chunked
+
+    if order is None:
+        return
+    if not is_chunked(run.data_order):
+        raise UserError(f"--order {order}: only runs whose data are released as chunk files (LLM360 Amber, K2) have a "
+                        f"choice of order; {run.name}'s data order is fixed")
+    run.data_order = {**run.data_order, "order": order}
+    ChunkLayout.from_order(run.data_order, run.name)  # a bad order for this kind is one line
+
+
 def branch(
     parent: str | Path,
-    from_step: int,
+    from_step: int | str,
     steps: int,
     *,
     intervention: str = "none",
@@ -169,19 +197,28 @@ def branch(
     precision: str | None = None,
     numerics: str | None = None,
     progress: bool = True,
-) -> Path:
-    """Continue ``parent`` from checkpoint ``from_step`` for ``steps`` updates; return the branch dir.
+    order: str | None = None,
+    dry_run: bool = False,
+    eval_batches: int | None = None,
+) -> Path | None:
+    """Continue ``parent`` from checkpoint ``from_step`` (a step, or a checkpoint name such as ``ckpt_012``) for
+    ``steps`` updates; return the branch dir.
     ``numerics``: ``neox`` (GPT-NeoX's rotary tables, tanh GELU, fp16 skip-on-overflow) or ``hf``; default
-    ``neox`` for NeoX-family parents (resume.numerics)."""
+    ``neox`` for NeoX-family parents (resume.numerics). A chunk-released parent (LLM360) prints its plan first
+    and fetches what it needs; ``dry_run`` stops after the plan (returns None). ``order`` picks a chunk
+    release's order (``seeded`` | ``file``); ``eval_batches`` is only for the plan (the held-out batches
+    ``compare`` will read)."""
     # 1. validate everything before anything is written
     if steps <= 0:
         raise UserError(f"--steps {steps}: the number of updates must be a positive integer")
-    if from_step < 0:
-        raise UserError(f"--from-step {from_step}: steps are >= 0")
     run = open_parent(parent)
     for note in run.branch_notes:
         print(f"note: {run.name}: {note}", file=sys.stderr)
+    from_step, step_name = run.resolve_step(from_step)
+    if from_step < 0:
+        raise UserError(f"--from-step {from_step}: steps are >= 0")
     run.require_step(from_step)
+    _with_order(run, order)
     iv = parse_intervention(intervention)
     end = from_step + steps
     out = Path(out) if out is not None else Path("branches") / f"{run.name}-step{from_step}-{iv.name}-k{steps}"
@@ -202,10 +239,21 @@ def branch(
     mode, reason = choose_optimizer_mode(optimizer_state, run, from_step, data, iv)
     if mode == "reestimate":
         m = reestimate_count(run.recipe.betas[1], from_step)
-        open_data(run, from_step - m, end)
+        data = open_data(run, from_step - m, end)
         reestimate = range(from_step - m, from_step)
     else:
         reestimate = None
+    if hasattr(data, "can_serve"):  # chunk files (LLM360): print the plan, then fetch and convert what is missing
+        from resume.chunk_plan import prepare_chunk_data
+
+        data = prepare_chunk_data(run, from_step, end, reestimate, mode, step_name=step_name,
+                                  eval_batches=eval_batches, dry_run=dry_run, progress=progress)
+        if data is None:
+            return None
+    elif dry_run:
+        print(f"plan: branch {run.name} from step {from_step} for {steps} updates; its data order is local "
+              f"({(run.data_order or {}).get('path')}), nothing to fetch but the checkpoint; optimizer: {mode} ({reason})")
+        return None
     if micro_batch_size is not None and (micro_batch_size <= 0 or run.recipe.batch_size % micro_batch_size):
         raise UserError(
             f"--micro-batch-size {micro_batch_size} must divide the global batch {run.recipe.batch_size}"
@@ -232,7 +280,7 @@ def branch(
         "architecture": {"model_type": run.model_config.get("model_type"), "config": run.model_config},
         "recipe": run.recipe.to_dict(),
         "steps": run.grid,
-        "data_order": run.data_order,
+        "data_order": _recorded_order(run.data_order, data),
         "parent": {"run": run.spec, "step": from_step},
         "branch_step": from_step,
         "end_step": end,
@@ -243,6 +291,8 @@ def branch(
         "engine": {"micro_batch_size": micro, "world_size": accelerator.num_processes},
         "complete": False,
     }
+    if (run.data_order or {}).get("exactness") not in (None, "exact"):
+        meta["exactness"] = run.data_order["exactness"]  # said where a reader of the trajectory cannot miss it
 
     # 2. the weights at N (after the load-time transform), or the last saved state of this branch
     counters: dict[str, Any] = {}  # schedule offset and loss scaler where the parent's state has them
@@ -349,6 +399,18 @@ def _import_neox(run: ParentRun, step: int, accelerator: Any, model: Any, meta: 
     )
     return tensors, {"schedule_offset": info["skipped_steps"], "loss_scaler": info.get("loss_scale"),
                      "adam_step": info["adam_step"]}
+
+
+def _recorded_order(order: dict[str, Any] | None, data: Any) -> dict[str, Any] | None:
+    """The data order a branch records: the parent's, plus (chunk releases) the order used and the chunk stores read."""
+    if not hasattr(data, "layout"):
+        return order
+    out = data.layout.to_dict()
+    out["chunks"] = {str(c): {"file": data.layout.filename(c), "position": data.layout.position_of(c),
+                              "store": str(st.folder), "rows": st.rows, "labels": str(st.folder / "labels.npy"),
+                              "label_names": st.label_names}
+                     for c, st in sorted(data.stores.items())}
+    return out
 
 
 def _check_same_branch(traj: Trajectory, run: ParentRun, from_step: int, end: int) -> None:

@@ -298,6 +298,8 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
 
         loss = accelerator.reduce(loss, reduction="mean")
         all_seen = accelerator.gather(torch.from_numpy(seen).to(accelerator.device)).cpu().numpy()
+        if hasattr(job.data, "row_ids"):  # chunk releases name rows by chunk * examples_per_chunk + line
+            all_seen = job.data.row_ids(all_seen)
         row = {
             "step": step,
             "loss": float(loss),

@@ -38,12 +38,32 @@ class ParentRun:
     neox_unavailable: Callable[[int], str | None] = lambda step: "the parent names no NeoX checkpoints"
     import_optimizer: Callable[[int], Path] | None = None
     branch_notes: list[str] = field(default_factory=list)
+    info: Any = None  # checkpoints_cache.registry.RunInfo for released runs
 
     def require_step(self, step: int) -> None:
         if step not in self.steps:
-            raise UserError(
-                f"step {step} is not a checkpoint of {self.name}; nearest available: {describe_nearest(self.steps, step)}"
-            )
+            near = self.info.describe_nearest(step) if self.info is not None else describe_nearest(self.steps, step)
+            raise UserError(f"step {step} is not a checkpoint of {self.name}; nearest available: {near}")
+
+    def revision(self, step: int) -> str:
+        """The name of checkpoint ``step`` (``ckpt_012`` for Amber, ``step400`` for a trajectory)."""
+        return self.info.revision(step) if self.info is not None else f"step{step}"
+
+    def resolve_step(self, spec: int | str) -> tuple[int, str | None]:
+        """(step, its revision name when ``spec`` named one): ``400``, ``"400"``, ``"ckpt_012"`` or ``"step400"``."""
+        if isinstance(spec, int) or str(spec).strip().isdigit():
+            return int(spec), None
+        name = str(spec).strip()
+        step = self.info.step_of_revision(name) if self.info is not None else (
+            int(name[4:]) if name.startswith("step") and name[4:].isdigit() else None)
+        if step is None:
+            first, last = (self.revision(self.steps[0]), self.revision(self.steps[-1])) if self.steps else ("?", "?")
+            raise UserError(f"--from-step {name!r} is neither a step number nor a checkpoint name of {self.name} "
+                            f"(its checkpoints are {first} .. {last})")
+        if step not in self.steps:
+            raise UserError(f"--from-step {name} (step {step}) is not a checkpoint of {self.name}; its checkpoints are "
+                            f"{self.revision(self.steps[0])} .. {self.revision(self.steps[-1])}")
+        return step, name
 
 
 def open_parent(spec: str | Path) -> ParentRun:
@@ -94,6 +114,8 @@ def _from_registry(spec: str) -> ParentRun:
     run = resolve_run(spec)
     if getattr(run, "trajectory", None) is not None:
         return _from_trajectory(run.trajectory)
+    if run.branch_refusal:
+        raise UserError(run.branch_refusal)
     if run.trust_remote_code_required:
         raise UserError(
             f"{run.name} needs trust_remote_code, which branchpoint does not enable for training; "
@@ -115,4 +137,5 @@ def _from_registry(spec: str) -> ParentRun:
         neox_unavailable=lambda step: unsupported_reason(run, step),
         import_optimizer=lambda step: import_optimizer_state(run, step),
         branch_notes=list(run.branch_notes),
+        info=run,
     )

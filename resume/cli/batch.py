@@ -10,11 +10,16 @@ examples:
   branchpoint batch --data pile/document --batch-size 1024 --seq-len 2048 --step 1000 --out b1000.npy
   branchpoint batch --data pile/ --batch-size 1024 --seq-len 2048 --step 0 --decode --tokenizer EleutherAI/pythia-160m
   branchpoint batch runs/toy --step 64
+  branchpoint batch amber --step 76962          # LLM360: after `branchpoint fetch amber --step 76962 --data-steps 1`
+  branchpoint batch k2 --step 150560
 
 --data is a .idx/.bin pair without its extension, or a folder holding document.idx and
 document-XXXXX-of-YYYYY.bin shards (read in place, never unsharded). --step N shows global batch N
 = rows [N*B, (N+1)*B): the batch trained by the update that produces stepN+1, i.e. the first batch a
 branch from stepN trains on. Rows hold seq-len+1 tokens (inputs row[:-1], labels row[1:]).
+LLM360 runs (Amber, K2) read the converted token store of the batch's chunk, in the card's order, and
+name rows by their global id (chunk x examples_per_chunk + line); the exactness flag says how far that
+order is the training order.
 """
 
 SHOW_ROWS = 3
@@ -129,6 +134,36 @@ def _run_amber(args: argparse.Namespace, spec) -> int:
     return 0
 
 
+def _run_chunked(args: argparse.Namespace, spec) -> int:
+    """Kinds amber-chunks / k2-chunks: the batch's rows from the local token store, in the card's order."""
+    from data_order.chunked import ChunkLayout, ChunkRows, local_stores
+    from data_order.steps import describe_batch
+
+    layout = ChunkLayout.from_order(spec.order, args.run)
+    where = layout.locate(args.step)
+    data = ChunkRows(layout, local_stores(layout, {"batch": (args.step, args.step + 1)}))
+    tokens = data.batch(args.step)  # a chunk not converted yet: one line naming it and the fetch command
+    rows = range(args.step * layout.batch_size, (args.step + 1) * layout.batch_size)
+    labels = [data.describe_row(r) for r in rows[:SHOW_ROWS]]
+    store = data.stores[where["chunk"]]
+    if args.out:
+        _save_npy(Path(args.out), tokens)
+        print(f"wrote {args.out}: shape [{tokens.shape[0]}, {tokens.shape[1]}], {tokens.dtype.name}, chunk "
+              f"{where['chunk']} step {where['step_in_chunk']} of the chunk")
+    else:
+        print(f"data: {layout.repo_id} {layout.filename(where['chunk'])} (chunk {where['chunk']}, training position "
+              f"{where['position']}) from the token store {store.folder}")
+        print(f"shape: [{tokens.shape[0]}, {tokens.shape[1]}], dtype {tokens.dtype.name}")
+        for label, row in zip(labels, tokens):
+            print(f"{label}: {' '.join(str(int(t)) for t in row[:SHOW_TOKENS])} ...")
+    print(f"order: {layout.describe_order(where['chunk'])}")
+    print(f"exactness: {spec.exactness}")
+    print(f"step semantics: {describe_batch(args.step, layout.batch_size)} of the training order")
+    if args.decode:
+        _decode(args, spec, tokens, [data.describe_row(r) for r in rows])
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from data_order.source import TokenRows
     from data_order.steps import describe_batch
@@ -138,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
         from data_order.mmidx import DataOrderError
 
         raise DataOrderError(f"--out {args.out} is a directory; give a file name such as {Path(args.out) / f'batch{args.step}.npy'}")
+    if spec.kind in ("amber-chunks", "k2-chunks"):
+        return _run_chunked(args, spec)
     if spec.kind == "amber":
         return _run_amber(args, spec)
     data = TokenRows(spec.path, spec.batch_size, spec.seq_len)

@@ -19,11 +19,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "rebuild the parent's recipe (LR schedule, AdamW, clipping, global batch), apply the intervention and train "
         "K updates on the parent's own data order (batch N first). Writes a trajectory directory: checkpoints at "
         "stepN (after the intervention's load-time transform) and at the parent's grid steps in (N, N+K], "
-        "metrics.jsonl, and a comparison with the parent in OUT/compare/ unless --no-compare.",
+        "metrics.jsonl, and a comparison with the parent in OUT/compare/ unless --no-compare. "
+        "A run whose data are released as chunk files (LLM360 Amber, K2) first prints a plan (checkpoint, chunk files "
+        "and why each is needed, optimizer-state cost, order, exactness, memory), then fetches each chunk whole "
+        "into the HF cache and converts it once into a local token store.",
         epilog="examples:\n"
         "  branchpoint branch runs/toy-small --from-step 400 --steps 200 --intervention none --out runs/control\n"
         "  branchpoint branch runs/toy-small --from-step 400 --steps 200 --intervention lawa:k=5,every=50,mode=replace\n"
         "  ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m resume branch runs/toy-small --from-step 400 --steps 20\n"
+        "  branchpoint branch amber --from-step ckpt_100 --steps 762 --dry-run     # LLM360 Amber: the plan only\n"
+        "  branchpoint branch amber --from-step ckpt_100 --steps 762 --order file\n"
         "  branchpoint branch pythia-160m --from-step 4000 --steps 1000 --optimizer-state exact --numerics neox\n\n"
         "A Pythia parent whose card names its NeoX checkpoints (pythia-160m: every step) starts from the fp32\n"
         "master weights and Adam moments imported from them (see `branchpoint fetch --optimizer`), with the\n"
@@ -32,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", metavar="RUN", help="trajectory directory or registry name (see `branchpoint runs`)")
-    p.add_argument("--from-step", type=int, required=True, metavar="N", help="checkpoint step to branch from")
+    p.add_argument("--from-step", required=True, metavar="N",
+                   help="checkpoint to branch from: a step (76962) or a checkpoint name (ckpt_100, step400)")
     p.add_argument("--steps", type=int, required=True, metavar="K", help="number of optimizer updates to train")
     p.add_argument("--intervention", default="none", metavar="SPEC",
                    help="none | lawa:k=5,every=1000,mode=replace | anytime:schedule=constant,ema=25 | gstack:g=4 | "
@@ -52,6 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=int, default=50, metavar="S", help="save the resumable state every S updates")
     p.add_argument("--precision", default=None, metavar="P",
                    help="fp32 | bf16 | fp16 (default: fp32 on CPU, the parent's half precision on GPU)")
+    p.add_argument("--order", default=None, choices=("seeded", "file"),
+                   help="LLM360 Amber chunks: seeded (default: the permutation of a run that never restarted) or file "
+                   "(the chunk's file order); either way the rows of a chunk are exact and their order approximate")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (what would be fetched, converted, trained) and stop")
     p.add_argument("--no-compare", action="store_true", help="skip the comparison with the parent at the end")
     p.add_argument("--eval-batches", type=int, default=4, metavar="K", help="held-out global batches for the comparison")
     p.set_defaults(func=run)
@@ -75,12 +85,23 @@ def run(args: argparse.Namespace) -> int:
         save_every=args.save_every,
         precision=args.precision,
         numerics=args.numerics,
+        order=args.order,
+        dry_run=args.dry_run,
+        eval_batches=None if args.no_compare else args.eval_batches,
     )
+    if out is None:
+        print("dry run: nothing was fetched, converted or trained")
+        return 0
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
         return 0
     print(f"branch written to {out}")
+    from checkpoints_cache.trajectory import Trajectory
+
+    exactness = Trajectory.open(out).meta.get("exactness")
+    if exactness:
+        print(f"exactness: {exactness} (recorded in {out / 'trajectory.json'})")
     if not args.no_compare:
         from resume.compare.api import compare
 

@@ -49,4 +49,9 @@ def run(args: argparse.Namespace) -> int:
         index=["run", "weights", "step"], columns="metric", values="value", sort=False)
     print(wide.to_string(float_format=lambda x: f"{x:.4g}", na_rep="-"))
     print(f"comparison written to {out}: comparison.csv, figures, summary.md")
+    from checkpoints_cache.trajectory import Trajectory
+
+    flags = {Trajectory.open(t).meta.get("exactness") for t in args.trajs if Trajectory.is_trajectory(t)} - {None}
+    for flag in sorted(flags):  # data released with an approximate order (LLM360): said here and in summary.md
+        print(f"exactness: {flag}")
     return 0

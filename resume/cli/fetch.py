@@ -15,12 +15,16 @@ examples:
   branchpoint fetch EleutherAI/pythia-70m --step 1000 --step 2000
   branchpoint fetch pythia-160m --step 4000 --optimizer
   branchpoint fetch pythia-160m --step 4000 --optimizer --out pythia-160m-step4000-adam
+  branchpoint fetch amber --step 76962 --data-steps 762 --dry-run   # LLM360: whole chunk files
 
 Weights and config go through huggingface_hub into the standard HF cache (HF_HOME / HF_HUB_CACHE),
 every LFS file checked against the Hub's sha256. --data-steps K fetches only the rows of global
 batches N..N+K-1 (a branch from stepN trains on batch N first): document.idx plus byte ranges of
-the preshuffled shards, into $HF_HOME/branchpoint/data. --dry-run lists files and bytes and
-checks the free disk space; nothing moves. With HF_HUB_OFFLINE=1 it checks the cache only.
+the preshuffled shards, into $HF_HOME/branchpoint/data. LLM360 runs (Amber, K2) publish their data
+as JSONL chunk files without a row index: --data-steps fetches the chunks holding those batches whole
+into the HF cache (sha256-verified) and converts each once into a token store under
+$HF_HOME/branchpoint/data/chunks. --dry-run lists files and bytes and checks the free disk space;
+nothing moves. With HF_HUB_OFFLINE=1 it checks the cache only.
 
 --optimizer also imports the run's own optimizer state at N from its NeoX checkpoint (the card's
 [optimizer_state] repo, e.g. EleutherAI/neox-ckpt-pythia-160m): only mp_rank_00_model_states.pt and
@@ -50,6 +54,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _run_chunked(args: argparse.Namespace, info, steps: list[int]) -> int:
+    """LLM360 chunk releases: the checkpoints, and the chunk files of batches N..N+K-1 (whole, then converted)."""
+    from checkpoints_cache.fetch import ensure_checkpoint, plan_fetch
+    from data_order.chunked import ChunkLayout, ensure_chunks, plan_chunks
+
+    if args.data_steps <= 0:
+        raise UserError(f"--data-steps must be a positive number of batches, not {args.data_steps}")
+    if args.optimizer or args.out is not None:
+        raise UserError(f"--optimizer: {info.name} released no optimizer state (llm360.md §2); `branchpoint branch` "
+                        "reestimates it from the batches before the branch step")
+    plan = plan_fetch(info, steps, None, trust_remote_code=args.trust_remote_code)
+    layout = ChunkLayout.from_order(info.data_order, info.name)
+    needs = plan_chunks(layout, {f"from step {s}": (s, s + args.data_steps) for s in steps})
+    if args.dry_run:
+        for line in plan.lines() + [n.line(layout) for n in needs] + [f"exactness: {layout.exactness}"]:
+            print(line)
+        plan.check_disk()
+        print("dry run: nothing was downloaded")
+        return 0
+    plan.check_disk()
+    progress = not args.no_progress
+    for s in steps:
+        print(f"step {s}: {ensure_checkpoint(info, s, progress=progress, trust_remote_code=args.trust_remote_code)}")
+    for c, store in ensure_chunks(layout, needs, progress=progress).items():
+        print(f"data: chunk {c} ({layout.filename(c)}): token store {store.folder} ({store.rows} rows)")
+    print(f"exactness: {layout.exactness}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from checkpoints_cache.fetch import ensure_checkpoint, human, plan_fetch, step_warnings
     from checkpoints_cache.registry import resolve_run
@@ -60,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--out is for --optimizer (weights and data go into the caches)")
     if args.out is not None and len(steps) > 1:
         raise UserError(f"--out takes one --step; got {len(steps)} ({', '.join(map(str, steps))})")
+    if args.data_steps and (info.data_order or {}).get("kind") in ("amber-chunks", "k2-chunks"):
+        return _run_chunked(args, info, steps)
+    if args.data_steps and info.branch_refusal:
+        raise UserError(info.branch_refusal)
     plan = plan_fetch(info, steps, args.data_steps, trust_remote_code=args.trust_remote_code)
     if args.optimizer:
         from checkpoints_cache.neox_fetch import plan_optimizer

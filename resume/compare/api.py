@@ -29,6 +29,7 @@ import pandas as pd
 
 from checkpoints_cache.errors import UserError
 from checkpoints_cache.trajectory import atomic_write_json, atomic_write_text
+from data_order.chunked import is_chunked
 
 from .cache import EvalCache
 from .evalset import build_eval_set
@@ -158,8 +159,11 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
     ends = [b.end_step for b in branches if b.end_step is not None]
     trained_through = max([all_steps[-1], *ends])
     has_rows = [r for r in (parent, *branches) if (r.data_order or {}).get("path")]
-    data_owner = has_rows[0] if has_rows else parent
-    eval_set = build_eval_set(data_owner.data_order, data_owner.spec, trained_through, eval_batches, eval_batch_indices)
+    # A chunk release (LLM360) is read from the first branch's record: it names the order the branch used.
+    chunked = [r for r in (*branches, parent) if is_chunked(r.data_order)]
+    data_owner = chunked[0] if chunked else has_rows[0] if has_rows else parent
+    eval_set = build_eval_set(data_owner.data_order, data_owner.spec, trained_through, eval_batches, eval_batch_indices,
+                              progress=progress)
 
     if out is None:
         if branches[0].traj is None:
@@ -223,7 +227,9 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
     extra = list(extra_floor)
     if not any(b.branch_step is not None for b in branches):
         extra.append(f"no branch step recorded: parameter distance is measured from step {seed_ref}.")
+    exactness = (data_owner.data_order or {}).get("exactness")
     md = write_summary(df, parent_label, parent.spec, notes, eval_set,
-                       sorted({p.name for p in written if p.suffix == ".png"}), extra)
+                       sorted({p.name for p in written if p.suffix == ".png"}), extra,
+                       exactness=None if exactness in (None, "exact") else str(exactness))
     atomic_write_text(out / "summary.md", md)
     return df

@@ -27,6 +27,7 @@ class EvalSet:
     rows: np.ndarray  # [K*B, T+1] token rows, in batch order
     rule: str  # how the batches were chosen, in words
     trained_through: int  # the last step a compared checkpoint reached (batches < this were trained on)
+    row_ids: np.ndarray | None = None  # global row ids of ``rows`` where the data order names rows (chunk releases)
 
     @property
     def fingerprint(self) -> str:
@@ -57,6 +58,7 @@ class EvalSet:
             "trained_through_step": self.trained_through,
             "overlaps_training": self.overlap_with_training(),
             "fingerprint_sha256": self.fingerprint,
+            **({"row_ids": [int(r) for r in self.row_ids]} if self.row_ids is not None else {}),
         }
 
 
@@ -66,9 +68,20 @@ def _open_rows(path: str, batch_size: int, seq_len: int):
     return TokenRows(path, batch_size, seq_len)
 
 
+def _chunk_rows(data_order: dict[str, Any], owner: str, first: int, stop: int, progress: bool):
+    """A chunk release (LLM360): the chunks holding batches [first, stop), fetched and converted when missing."""
+    from data_order.chunked import open_chunk_rows
+
+    return open_chunk_rows(data_order, {"compare": (first, stop)}, fetch=True, progress=progress, source=owner)
+
+
 def build_eval_set(data_order: dict[str, Any] | None, owner: str, trained_through: int, eval_batches: int = 4,
-                   eval_batch_indices: list[int] | None = None) -> EvalSet:
+                   eval_batch_indices: list[int] | None = None, progress: bool = True) -> EvalSet:
     """Read the held-out batches from a run's data order (``data_order`` dict of trajectory.json)."""
+    from data_order.chunked import is_chunked
+
+    if is_chunked(data_order):
+        return _chunked_eval_set(data_order, owner, trained_through, eval_batches, eval_batch_indices, progress)
     if not data_order or not data_order.get("path"):
         raise UserError(
             f"{owner} has no local data order to draw held-out batches from; "
@@ -108,3 +121,32 @@ def build_eval_set(data_order: dict[str, Any] | None, owner: str, trained_throug
     except UserError as e:  # e.g. a partial data store that holds only the branch's training batches
         raise UserError(f"cannot read eval batches {indices[0]}..{indices[-1]} of {owner}: {e}") from None
     return EvalSet(path, B, T, indices, rows, rule, trained_through)
+
+
+def _chunked_eval_set(data_order: dict[str, Any], owner: str, trained_through: int, eval_batches: int,
+                      eval_batch_indices: list[int] | None, progress: bool) -> EvalSet:
+    """Held-out batches of a chunk release. Any row of a chunk after the last compared checkpoint's is held
+    out whatever the order within chunks, so the rule is exact even where the order is approximate."""
+    from data_order.chunked import ChunkLayout
+
+    layout = ChunkLayout.from_order(data_order, owner)
+    if eval_batch_indices is not None:
+        indices = [int(k) for k in eval_batch_indices]
+        if not indices or len(set(indices)) != len(indices):
+            raise UserError(f"eval batch indices {indices} must list at least one global batch, each once")
+        rule = "batches chosen by the user"
+    else:
+        if eval_batches < 1:
+            raise UserError(f"--eval-batches {eval_batches} must be at least 1")
+        indices = list(range(trained_through, trained_through + eval_batches))
+        rule = (f"the {eval_batches} global batches right after step {trained_through}, the last step any compared run "
+                f"trained to ({layout.order} order of the chunk release)")
+    for k in indices:
+        layout.check_batches(k, k + 1, f"eval batch {k} of {owner}")
+    source = _chunk_rows(data_order, owner, min(indices), max(indices) + 1, progress)
+    rows = np.concatenate([np.asarray(source.batch(k)) for k in indices], axis=0)
+    B = layout.batch_size
+    ids = np.concatenate([source.row_ids(np.arange(k * B, (k + 1) * B)) for k in indices])
+    files = sorted({layout.filename(layout.chunk_at(q)) for k in indices for q in layout.positions_of_batches(k, k + 1)})
+    path = f"{layout.repo_id} {', '.join(files)} (token store)"
+    return EvalSet(path, B, layout.seq_len, indices, rows, rule, trained_through, row_ids=ids)

@@ -40,8 +40,11 @@ def _max_abs(df: pd.DataFrame, label: str, weights: str, metric: str) -> float |
 
 
 def write_summary(df: pd.DataFrame, parent_label: str, parent_spec: str, runs: list[RunNote], eval_set: EvalSet,
-                  figures: list[str], extra_notes: list[str]) -> str:
+                  figures: list[str], extra_notes: list[str], exactness: str | None = None) -> str:
     lines = [f"# Comparison with `{parent_label}`", ""]
+    if exactness:  # the data order is not known exactly (LLM360 chunks): first thing a reader sees
+        lines += [f"> **Data order exactness: {exactness}.** The branches trained on the parent's data as far as the "
+                  "release allows; read differences from the parent with that in mind.", ""]
     lines.append(f"Parent: `{parent_spec}`.")
     for r in runs:
         if r.role == "branch":

@@ -35,7 +35,8 @@ def test_errors_are_one_line_with_exit_2(env, hub):
         (("fetch", "pythia-160m-dedupd", "--step", "1000"), "did you mean pythia-160m-deduped"),
         (("fetch", RUN, "--step", "16"), "revision 'step16' of EleutherAI/pythia-70m-deduped does not exist on the Hub"),
         (("fetch", "crystal", "--step", "55500"), "pass --trust-remote-code"),
-        (("fetch", "amber", "--step", "762", "--data-steps", "2", "--dry-run"), "--data-steps needs"),
+        (("fetch", "pythia-410m-seed3", "--step", "1000", "--data-steps", "2", "--dry-run"), "--data-steps needs"),
+        (("fetch", "crystal", "--step", "55500", "--data-steps", "2"), "crystal cannot be branched"),
         (("steps", "pythia-160m", "--remote"), "repository EleutherAI/pythia-160m was not found"),
         (("steps", "crystal"), "known only from the Hub"),
     ]
