@@ -377,16 +377,15 @@ class ChunkRows:
     def _build_domains(self) -> tuple[np.ndarray, list[str]]:
         # calloc'd zeros: pages of chunks not held are never touched, so this costs memory only for held chunks.
         labels = np.zeros(self.num_rows, dtype=np.int16)
-        names: list[str] = []
+        index: dict[str, int] = {}  # label name -> id over all held chunks, in order of first appearance
         r = self.layout.rows_per_position
         for q in self._positions:
             c = self.layout.chunk_at(q)
             store = self.stores[c]
-            ids = np.array([names.index(n) if n in names else (names.append(n) or len(names) - 1)
-                            for n in store.label_names], dtype=np.int16)
+            ids = np.array([index.setdefault(n, len(index)) for n in store.label_names], dtype=np.int16)
             lo, hi = q * r, min((q + 1) * r, self.num_rows)
             labels[lo:hi] = ids[np.asarray(store.labels)[self.layout.lines(c)[: hi - lo]]]
-        return labels, names
+        return labels, list(index)
 
     @property
     def row_domains(self) -> np.ndarray:

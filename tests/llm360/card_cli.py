@@ -14,6 +14,7 @@ issue); before that the cards are put into the registry's rows in-process (``ins
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -23,9 +24,7 @@ from pathlib import Path
 
 
 def install_cards(paths: list[str], setattr_=setattr, setenv=None) -> None:
-    try:
-        import checkpoints_cache.cards  # noqa: F401
-    except ModuleNotFoundError:
+    if importlib.util.find_spec("checkpoints_cache.cards") is None:
         from checkpoints_cache import registry
 
         rows = {row["name"]: row for row in registry.all_rows()}

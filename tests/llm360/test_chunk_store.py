@@ -12,7 +12,7 @@ from data_order.chunk_store import convert_chunk, ensure_store, lookup_store
 from data_order.chunked import ChunkLayout, ChunkRows, ensure_chunks, plan_chunks
 from data_order.mmidx import DataOrderError
 
-from .conftest import AMBER, B, SOURCES, amber_batch, amber_card_text, amber_chunk, jsonl
+from .conftest import B, SOURCES, amber_batch, amber_card_text, amber_chunk, amber_lines, jsonl
 
 
 @pytest.fixture(autouse=True)
@@ -90,6 +90,9 @@ def test_fetch_whole_verified_then_convert_once(llm360_hub, tmp_path, monkeypatc
     for step in (6, 7, 8):
         assert np.array_equal(data.batch(step), amber_batch(step)[0])
     assert len(llm360_hub.requests("GET", "/lfs-cdn/")) == 2
+    # One domain label per row of the training order (what BiMix reads): the `source` of each row's line.
+    names = data.domain_names
+    assert [names[i] for i in data.row_domains[24:36]] == [SOURCES[line] for line in amber_lines(2)]
     # Planned again: the store is found by the file's content hash; nothing is downloaded.
     llm360_hub.log.clear()
     again = plan_chunks(layout, {"train": (6, 9)}, **kw)
