@@ -345,6 +345,7 @@ def branch(
         precision=precision,
         schedule_offset=offset,
         loss_scaler=scaler,
+        tokenizer_dir=run.checkpoint_dir(from_step),  # the parent's tokenizer goes with every checkpoint
     )
     if main:
         out.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 from checkpoints_cache.errors import UserError
+from checkpoints_cache.fetch import AUX_FILES
 from checkpoints_cache.recipe import Recipe
 from checkpoints_cache.trajectory import (
     CHECKPOINTS,
@@ -48,6 +50,9 @@ from resume.schedule import lr_at
 from resume.state import STATE_DIR, SavedState, load_state, set_rng_state, write_training_state
 
 hf_logging.disable_progress_bar()  # one progress bar per run (ours), not one per save_pretrained
+
+# The tokenizer files among those a checkpoint folder carries (generation_config.json is the model's).
+TOKENIZER_FILES = tuple(n for n in AUX_FILES if n != "generation_config.json")
 
 
 @dataclass
@@ -76,6 +81,7 @@ class TrainJob:
     # n - schedule_offset (the parent's skipped fp16 steps); each skipped update adds one.
     schedule_offset: int = 0
     loss_scaler: Any = None  # resume.numerics.NeoXLossScaler: skip on overflow (fp16 branches of NeoX parents)
+    tokenizer_dir: Path | None = None  # its tokenizer files are copied into every saved checkpoint
 
 
 def train_precision(recipe: Recipe, precision: str | None = None) -> str:
@@ -148,14 +154,28 @@ def _rows_hash(rows: np.ndarray) -> str:
     return hashlib.sha1(np.sort(rows.astype(np.int64)).tobytes()).hexdigest()[:16]
 
 
+def tokenizer_files(folder: Path | None) -> list[Path]:
+    """The tokenizer files of a checkpoint folder (as save_pretrained writes them), if any."""
+    if folder is None:
+        return []
+    return [Path(folder) / n for n in TOKENIZER_FILES if (Path(folder) / n).is_file()]
+
+
 def save_checkpoint(job: TrainJob, model: Any, step: int, optimizer_state: dict[str, Any] | None,
                     counters: dict[str, Any] | None = None) -> None:
-    """checkpoints/stepS (save_pretrained) + averaged/ weights + optimizer/stepS, each atomically.
-    ``counters``: the schedule offset and loss-scaler state at S (a branch from S continues them)."""
+    """checkpoints/stepS (save_pretrained + the run's tokenizer) + averaged/ weights + optimizer/stepS,
+    each atomically. The tokenizer goes next to every set of weights, so each folder loads on its own
+    (``AutoTokenizer``, lm-eval's ``HFLM``). ``counters``: the schedule offset and loss-scaler state at
+    S (a branch from S continues them)."""
+    tok = tokenizer_files(job.tokenizer_dir)
     with atomic_dir(job.out / CHECKPOINTS / step_dir_name(step)) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         for name, state in job.intervention.extra_weights(model, step).items():
             model.save_pretrained(tmp / name, state_dict=state, safe_serialization=True)
+            for f in tok:
+                shutil.copyfile(f, tmp / name / f.name)
+        for f in tok:
+            shutil.copyfile(f, tmp / f.name)
     if optimizer_state is not None:
         with atomic_dir(job.out / OPTIMIZER / step_dir_name(step)) as tmp:
             torch.save(optimizer_state, tmp / "optimizer.pt")

@@ -8,6 +8,11 @@ control branch must reproduce).
 The corpus is generated: several domains, each a first-order Markov chain over the vocabulary with
 a different branching factor, so their entropies differ clearly and are known exactly (the loss
 floor). Every row is one domain's chain of ``seq_len + 1`` tokens; its label is kept per row.
+
+The toy has a real tokenizer: word-level (``tokenizers``), one pseudo-word per token id, saved with
+every checkpoint as ``save_pretrained`` writes it, so its rows decode to text (``batch --decode``)
+and text tasks (lm-eval) run on its checkpoints. The ids, and so the corpus and the weights, are
+the same as without it.
 """
 
 from __future__ import annotations
@@ -63,6 +68,34 @@ DOMAINS = (
     Domain("noise", branching=64, concentration=8.0, share=0.2),
 )
 FIRST_TOKEN = 2  # ids 0 (end of text) and 1 (padding) are reserved as in Pythia's tokenizer (pythia.md §4.1)
+EOT_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|padding|>"  # ids 0 and 1, named as in Pythia's tokenizer
+# Pseudo-words: consonant-vowel syllables; ids 2..71 are one syllable, later ids two (vocab <= 4902).
+_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+
+
+def pseudo_word(token_id: int) -> str:
+    """The toy's word for ``token_id`` (>= FIRST_TOKEN): "ba", "be", ..., "zu", "beba", "bebe", ..."""
+    j = token_id - FIRST_TOKEN
+    n = len(_SYLLABLES)
+    if j < 0 or j >= n + n * n:
+        raise ValueError(f"token id {token_id} has no pseudo-word (ids {FIRST_TOKEN}..{FIRST_TOKEN + n + n * n - 1})")
+    return _SYLLABLES[j] if j < n else _SYLLABLES[(j - n) // n + 1] + _SYLLABLES[(j - n) % n]
+
+
+def toy_tokenizer(vocab: int, max_length: int | None = None) -> Any:
+    """A word-level tokenizer over the toy vocabulary: whitespace-separated pseudo-words <-> ids.
+
+    Special tokens as in Pythia (pythia.md §4.1): ``<|endoftext|>`` (id 0) is BOS, EOS and UNK,
+    ``<|padding|>`` (id 1) pads. Decoding joins words with single spaces."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {EOT_TOKEN: 0, PAD_TOKEN: 1, **{pseudo_word(i): i for i in range(FIRST_TOKEN, vocab)}}
+    tok = Tokenizer(models.WordLevel(words, unk_token=EOT_TOKEN))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    extra = {"model_max_length": max_length} if max_length else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT_TOKEN, eos_token=EOT_TOKEN, unk_token=EOT_TOKEN,
+                                   pad_token=PAD_TOKEN, clean_up_tokenization_spaces=False, **extra)
 
 
 def checkpoint_grid(size: ToySize) -> list[int]:
@@ -222,6 +255,8 @@ def init_pythia_(model: Any, seed: int) -> None:
 # --- building the trajectory --------------------------------------------------------------------
 def build_toy(out: str | Path, size: str = "small", seed: int = 1234, progress: bool = True) -> Path:
     """Train the toy from step 0 and write it to ``out`` (atomically: all or nothing)."""
+    import tempfile
+
     from data_order.mmidx import write_sharded
     from data_order.source import TokenRows
     from resume.branching import library_versions
@@ -238,7 +273,8 @@ def build_toy(out: str | Path, size: str = "small", seed: int = 1234, progress: 
     recipe = toy_recipe(spec, seed)
     grid = checkpoint_grid(spec)
 
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True) as tmp, tempfile.TemporaryDirectory(prefix=".toy-tokenizer.") as tok_dir:
+        toy_tokenizer(spec.vocab, spec.seq_len).save_pretrained(tok_dir)  # copied into every checkpoint
         rows, labels, facts = make_corpus(spec, seed)
         data_dir = tmp / "data"
         write_sharded(data_dir, list(rows), dtype=np.uint16, num_shards=spec.num_shards)
@@ -286,6 +322,7 @@ def build_toy(out: str | Path, size: str = "small", seed: int = 1234, progress: 
             resumable=False,  # the build is atomic as a whole: no rolling resume state
             progress=progress,
             precision="fp32",
+            tokenizer_dir=Path(tok_dir),
         )
         accelerator = make_accelerator(recipe, "fp32")
         write_start(job, model)

@@ -41,7 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, metavar="T", help="tokens per sequence; rows hold T+1 tokens (Pythia: 2048)")
     p.add_argument("--step", type=int, required=True, metavar="N", help="global batch N = rows [N*B, (N+1)*B)")
     p.add_argument("--out", metavar="FILE.npy", help="write the [B, T+1] array with the stored dtype and values")
-    p.add_argument("--decode", action="store_true", help="also print the first rows as text (needs a local tokenizer)")
+    p.add_argument("--decode", action="store_true",
+                   help="also print the first rows as text (a local tokenizer: --tokenizer, the run's, or a trajectory's own)")
     p.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="tokenizer for --decode (local path or HF-cache name)")
     p.set_defaults(func=run)
 
@@ -203,8 +204,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trajectory_tokenizer(run: str | None) -> str | None:
+    """A trajectory's own tokenizer: the last checkpoint folder that carries tokenizer files (the toy
+    and its branches save theirs with every checkpoint)."""
+    from checkpoints_cache.trajectory import Trajectory
+
+    if not run or not Trajectory.is_trajectory(run):
+        return None
+    traj = Trajectory.open(run)
+    for step in reversed(traj.steps):
+        folder = traj.checkpoint_dir(step)
+        if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
+            return str(folder)
+    return None
+
+
 def _decode(args: argparse.Namespace, spec, tokens, labels: list[str]) -> None:
-    tok, why = _load_tokenizer(args.tokenizer or spec.tokenizer)
+    tok, why = _load_tokenizer(args.tokenizer or spec.tokenizer or _trajectory_tokenizer(args.run))
     if tok is None:
         print(f"decode: {why}; showing token ids only")
         return

@@ -3,8 +3,10 @@
 At each compared step the parent's checkpoint is loaded once; every compared model of that step
 (each branch's trained and averaged weights, each seed run) is loaded once; then, batch by batch,
 the parent's logits are computed once and each compared model's logits are scored against them
-(loss, KL(parent || model), top-1 agreement) token block by token block, and freed. Parameter distances are computed from the
-same loaded models. Results are cached by content (``cache.EvalCache``), so a re-plot loads nothing.
+(loss, KL(parent || model), top-1 agreement) token block by token block, and freed. Each model's
+loss is also kept per held-out sequence (row), for the paired test of Δloss over sequences.
+Parameter distances are computed from the same loaded models. Results are cached by content
+(``cache.EvalCache``), so a re-plot loads nothing.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ FORWARD_BUDGET_BYTES = 1 << 30
 # once per group, so larger groups are faster and use more memory).
 GROUP_SIZE = 4
 # Part of every cache key: bump when a metric's definition or arithmetic changes, so that old
-# cached values are never mixed with new ones.
-METRICS_VERSION = "1"
+# cached values are never mixed with new ones. 2: float32 elementwise work, per-sequence losses.
+METRICS_VERSION = "2"
 
 
 @dataclass
@@ -52,11 +54,13 @@ class PairResult:
     top1_agreement: float
     parent_loss: float
     tokens: int
+    rows: list[float] = field(default_factory=list)  # mean loss per held-out sequence, in eval-set order
 
 
 @dataclass
 class Results:
     parent_loss: dict[int, float] = field(default_factory=dict)
+    parent_rows: dict[int, list[float]] = field(default_factory=dict)  # per-sequence losses of the parent
     pairs: dict[tuple[str, str, int], PairResult] = field(default_factory=dict)
     distance: dict[tuple[str, str, int], ParamNorm] = field(default_factory=dict)  # ‖θ − θ_parent(S)‖
     travel: dict[tuple[str, str, int], ParamNorm] = field(default_factory=dict)  # ‖θ_parent(S) − θ_parent(N)‖
@@ -222,6 +226,8 @@ class Evaluator:
                 models.append(m)
             parent_sums = LossSums()
             sums = [PairSums() for _ in group]
+            parent_rows: list[torch.Tensor] = []
+            rows = [[] for _ in group]
             with torch.inference_mode():
                 for inputs, labels in _chunks(self.eval_set, self.vocab, self.device):
                     all_logits = []
@@ -229,22 +235,33 @@ class Evaluator:
                         all_logits.append(m(input_ids=inputs).logits)
                         res.forwards += 1
                         bar.update(1)
-                    # Token block by token block: the parent's float64 side is computed once per block
-                    # and used for every model while it is still in cache, then dropped.
+                    # Token block by token block: the parent's side is computed once per block and
+                    # used for every model while it is still in cache, then dropped.
                     blocks = zip(*(token_blocks(lg, labels, self.block) for lg in all_logits))
+                    p_ce, q_ce = [], [[] for _ in group]
                     for (p_block, lb), *others in blocks:
                         ref = reference_block(p_block, lb)
                         parent_sums.tokens += int(lb.numel())
                         parent_sums.ce_sum += ref.ce_sum
-                        for acc, (q_block, _) in zip(sums, others):
-                            acc.add(pair_sums(ref, q_block))
+                        p_ce.append(ref.ce)
+                        for acc, ces, (q_block, _) in zip(sums, q_ce, others):
+                            block = pair_sums(ref, q_block)
+                            acc.add(block)
+                            ces.append(block.ce)
                     del all_logits
+                    # Per-sequence sums of this forward's tokens (rows x T, flattened in row order).
+                    shape = labels.shape
+                    parent_rows.append(torch.cat(p_ce).view(shape).sum(dim=1))
+                    for r, ces in zip(rows, q_ce):
+                        r.append(torch.cat(ces).view(shape).sum(dim=1))
+            T = self.eval_set.seq_len
             if ploss is None:
-                ploss = {"loss": parent_sums.loss, "tokens": parent_sums.tokens}
+                ploss = {"loss": parent_sums.loss, "tokens": parent_sums.tokens,
+                         "rows": (torch.cat(parent_rows) / T).tolist()}
                 self.cache.put("loss", self._loss_key(fp_p), ploss)
-            for (s, fp, _), acc in zip(group, sums):
+            for (s, fp, _), acc, r in zip(group, sums, rows):
                 means = acc.means()
-                pair = {**means, "parent_loss": ploss["loss"], "tokens": acc.tokens}
+                pair = {**means, "parent_loss": ploss["loss"], "tokens": acc.tokens, "rows": (torch.cat(r) / T).tolist()}
                 self.cache.put("pair", self._pair_key(fp_p, fp), pair)
                 res.pairs[(s.label, s.weights, s.step)] = PairResult(**pair)
             # Parameter distances while the group's models are in memory.
@@ -252,6 +269,7 @@ class Evaluator:
                 self._distances(res, s, fp, fp_p, parent_params, lambda m=m: _params(m))
             del models  # freed by refcount (a gc.collect() here costs ~0.5 s with transformers loaded)
         res.parent_loss[step] = ploss["loss"]
+        res.parent_rows[step] = ploss["rows"]
         for s, fp, pair in todo:
             if pair is not None:
                 res.pairs[(s.label, s.weights, s.step)] = PairResult(**{k: pair[k] for k in PairResult.__dataclass_fields__})

@@ -1,10 +1,20 @@
 """The divergence metrics, as sums over tokens so that chunks and batches add up exactly.
 
-Every metric is computed from float64 log-probabilities (the models' float32 logits are converted
-first). Per token, KL(p || q) = sum p log p - sum p log q: the first sum is computed once per
-parent block and the second with the same kernel on the compared model's log q, so bitwise-equal
-logits give bitwise-equal sums and exactly 0 KL (and exactly equal losses). In float64 the
-cancellation costs ~1e-15 nats per token, far below any divergence worth reporting.
+Speed with float64 accuracy where it matters. The elementwise work over the vocabulary is float32
+(one exp per element for the parent, one expm1 per element for each compared model, no log), and
+only per-token results and the final reductions are float64. With d = z_q − z_p (the logit
+difference, exact when the models are close), c = E_p[d] and u = d − c:
+
+    KL(p ‖ q) = log E_p[e^u] − E_p[u] = log1p(E_p[expm1(u)]) − E_p[u]
+    loss_q − loss_p (per token) = log1p(E_p[expm1(u)]) − u[label]
+
+expm1 keeps the relative precision of small u, so nothing of size 1 is subtracted; the float32
+error of a block's KL sum is about 4·ε·sqrt(2/mean KL) relative (ε = 6e-8): 1e-4 at a mean KL of
+1e-5 per token. Below that (near-identical models: a control on a GPU, one LAWA replacement) the
+block is recomputed in float64 from the same logits (``KL_FLOAT64_BELOW``), whose cancellation
+error is ~1e-15 nats per token. Bitwise-equal logits are detected first and give exactly 0 KL and
+exactly the parent's loss. The parent's own loss is log-sum-exp (float32 exp, float64 sum) minus
+the label's logit: ~1e-7 relative.
 """
 
 from __future__ import annotations
@@ -14,12 +24,14 @@ from typing import Iterable, Sequence
 
 import torch
 
-# Elements (tokens x vocab) per float64 token block: 2 MB temporaries stay in cache and are reused by the
+# Elements (tokens x vocab) per token block: 1 MB float32 temporaries stay in cache and are reused by the
 # allocator (huge temporaries cost page faults: 5x slower at Pythia's 50304 columns; 5 tokens per block).
 BLOCK_ELEMENTS = 1 << 18
 PARAM_CHUNK = 1 << 16  # parameters per float64 chunk of the distance computation
 # On a GPU, small blocks would be launch-bound; its memory has no such page-fault cost.
 BLOCK_ELEMENTS_GPU = 1 << 24
+# A block whose float32 mean KL per token is below this is recomputed in float64 (see the docstring).
+KL_FLOAT64_BELOW = 1e-5
 
 
 def block_elements_for(device: torch.device) -> int:
@@ -30,11 +42,24 @@ def block_elements_for(device: torch.device) -> int:
 class ReferenceBlock:
     """The parent's side of one token block: computed once, reused for every compared model."""
 
-    p: torch.Tensor  # float64 [n, V] probabilities (exp(logp))
-    neg_entropy: torch.Tensor  # float64 [n]: sum_v p log p per token
+    logits: torch.Tensor  # float32 [n, V], the parent's logits (a view, not a copy)
+    e: torch.Tensor  # float32 [n, V]: exp(z - max z), the unnormalised probabilities
+    s: torch.Tensor  # float32 [n]: sum of e, so p = e / s
     top1: torch.Tensor  # int64 [n] argmax of the parent's logits
     labels: torch.Tensor  # int64 [n] next tokens
-    ce_sum: torch.Tensor  # 0-dim float64: sum over the block's tokens of -log p(label)
+    ce: torch.Tensor  # float64 [n]: -log p(label) per token
+    _exact: tuple[torch.Tensor, torch.Tensor] | None = None  # float64 (p, sum p log p), on first need
+
+    @property
+    def ce_sum(self) -> torch.Tensor:
+        return self.ce.sum()
+
+    def exact(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._exact is None:
+            logp = torch.log_softmax(self.logits, dim=-1, dtype=torch.float64)
+            p = logp.exp()
+            self._exact = (p, torch.linalg.vecdot(p, logp))
+        return self._exact
 
 
 @dataclass
@@ -42,13 +67,15 @@ class PairSums:
     """Token sums of one compared model against the reference on the eval set.
 
     The sums stay 0-dim tensors on the evaluation device until ``means()``: converting each
-    block's sum to a Python number would make a GPU wait after every block.
+    block's sum to a Python number would make a GPU wait after every block. ``ce`` holds the
+    per-token losses of the last block (for per-sequence sums).
     """
 
     tokens: int = 0
     ce_sum: float | torch.Tensor = 0.0  # the compared model's own cross-entropy
     kl_sum: float | torch.Tensor = 0.0  # KL(reference || model), nats
     agree: int | torch.Tensor = 0  # positions where the parent's top-1 is also the model's
+    ce: torch.Tensor | None = None
 
     def add(self, other: "PairSums") -> None:
         self.tokens += other.tokens
@@ -89,13 +116,26 @@ def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=-1)
 
 
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return x.gather(1, idx.unsqueeze(1)).squeeze(1)
+
+
 def reference_block(logits: torch.Tensor, labels: torch.Tensor) -> ReferenceBlock:
-    """The parent's side of a [n, V] block of float logits (float64 probabilities)."""
-    logp = torch.log_softmax(logits, dim=-1, dtype=torch.float64)
-    p = torch.softmax(logits, dim=-1, dtype=torch.float64)
-    ce = -logp.gather(1, labels.unsqueeze(1)).sum()
-    return ReferenceBlock(p=p, neg_entropy=torch.linalg.vecdot(p, logp), top1=argmax_rows(logits),
-                          labels=labels, ce_sum=ce)
+    """The parent's side of a [n, V] block of float logits."""
+    z = logits.float()
+    top1 = argmax_rows(z)
+    mx = _gather(z, top1)
+    e = torch.exp(z - mx.unsqueeze(1))
+    s = e.sum(dim=-1)
+    ce = (mx.double() + s.double().log()) - _gather(z, labels).double()  # log-sum-exp − z[label]
+    return ReferenceBlock(logits=z, e=e, s=s, top1=top1, labels=labels, ce=ce)
+
+
+def _pair_exact(ref: ReferenceBlock, z_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KL per token, loss per token) in float64 from log-softmax: the near-identical case."""
+    p, neg_entropy = ref.exact()
+    logq = torch.log_softmax(z_q, dim=-1, dtype=torch.float64)
+    return neg_entropy - torch.linalg.vecdot(p, logq), -_gather(logq, ref.labels)
 
 
 def pair_sums(ref: ReferenceBlock, logits: torch.Tensor) -> PairSums:
@@ -105,11 +145,26 @@ def pair_sums(ref: ReferenceBlock, logits: torch.Tensor) -> PairSums:
     token of the model (its logit equals the model's max; ties, vanishingly rare in float logits,
     count as agreement). Comparing values instead of a second argmax is ~10x cheaper on CPU.
     """
-    logq = torch.log_softmax(logits, dim=-1, dtype=torch.float64)
-    ce = -logq.gather(1, ref.labels.unsqueeze(1)).sum()
-    kl = (ref.neg_entropy - torch.linalg.vecdot(ref.p, logq)).sum()  # same kernel as neg_entropy: 0 if equal
-    agree = (logits.gather(1, ref.top1.unsqueeze(1)).squeeze(1) == logits.amax(dim=-1)).sum()
-    return PairSums(tokens=int(ref.labels.numel()), ce_sum=ce, kl_sum=kl, agree=agree)
+    z_q = logits.float()
+    n = int(ref.labels.numel())
+    if torch.equal(z_q, ref.logits):  # the same function: exact zeros, no float work
+        ce = ref.ce.clone()
+        return PairSums(tokens=n, ce_sum=ce.sum(), kl_sum=torch.zeros((), dtype=torch.float64, device=ce.device),
+                        agree=torch.tensor(n, device=ce.device), ce=ce)
+    agree = (_gather(z_q, ref.top1) == z_q.amax(dim=-1)).sum()
+    u = z_q - ref.logits
+    s64 = ref.s.double()
+    c = torch.linalg.vecdot(ref.e, u) / ref.s  # ~E_p[d]
+    u -= c.unsqueeze(1)
+    eu = torch.linalg.vecdot(ref.e, u).double() / s64  # E_p[u], ~0
+    u_label = _gather(u, ref.labels).double()
+    torch.expm1(u, out=u)
+    log_ratio = torch.log1p(torch.linalg.vecdot(ref.e, u).double() / s64)  # log E_p[e^u]
+    kl = log_ratio - eu
+    ce = ref.ce + log_ratio - u_label
+    if float(kl.sum()) < KL_FLOAT64_BELOW * n:
+        kl, ce = _pair_exact(ref, z_q)
+    return PairSums(tokens=n, ce_sum=ce.sum(), kl_sum=kl.sum(), agree=agree, ce=ce)
 
 
 @dataclass
@@ -140,11 +195,12 @@ def param_l2_distance(a: Sequence[tuple[str, torch.Tensor]], b: Sequence[tuple[s
     numel = 0
     for k in sorted(da):
         x, y = da[k].detach().reshape(-1), db[k].detach().reshape(-1).to(da[k].device)
-        # Exact float64 differences, in chunks small enough to stay in cache (a whole-model
+        # Differences in the weights' own precision (exact for close weights, 1 ulp otherwise),
+        # squared and summed in float64, in chunks small enough to stay in cache (a whole-model
         # float64 copy would cost page faults: ~15x slower at Pythia sizes).
         chunk = PARAM_CHUNK if x.device.type == "cpu" else max(x.numel(), 1)
         for i in range(0, x.numel(), chunk):
-            d = x[i : i + chunk].double() - y[i : i + chunk].double()
+            d = (x[i : i + chunk] - y[i : i + chunk]).double()
             total += float(torch.dot(d, d))
         numel += x.numel()
     return ParamNorm(total**0.5, numel=numel)

@@ -131,8 +131,8 @@ def test_kl_and_loss_match_an_independent_computation(compared, branches, toy_ti
                                             reduction="sum"))
                 agree += float((lp.argmax(-1) == lq.argmax(-1)).sum())
                 n += ids[:, 1:].numel()
-        assert value(df, "lawa", "kl", step) == pytest.approx(kl / n, rel=1e-9)
-        assert value(df, "lawa", "loss", step) == pytest.approx(ce / n, rel=1e-12)
+        assert value(df, "lawa", "kl", step) == pytest.approx(kl / n, rel=1e-6)  # float32 elementwise (metrics.py)
+        assert value(df, "lawa", "loss", step) == pytest.approx(ce / n, rel=1e-6)
         assert value(df, "lawa", "top1_agreement", step) == pytest.approx(agree / n, abs=1e-12)
 
 
