@@ -24,6 +24,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("toy", "resume.cli.toy"),
     ("branch", "resume.cli.branch"),
     ("compare", "resume.cli.compare"),
+    ("eval", "resume.cli.eval"),
     ("gstack-plan", "resume.cli.gstack_plan"),
     ("demo", "resume.cli.demo"),
 ]

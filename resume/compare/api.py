@@ -22,60 +22,33 @@ Semantics, decided where the issue leaves room:
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from checkpoints_cache.errors import UserError
 from checkpoints_cache.trajectory import atomic_write_json, atomic_write_text
 from data_order.chunked import is_chunked
+from resume.evaluation.analysis import Measurement, analyze
+from resume.evaluation.api import EvalSubject, check_settings, run_tasks
+from resume.evaluation.bands import DEFAULT_WINDOW
+from resume.evaluation.lmeval import EvalSettings
+from resume.evaluation.plots import TaskPlotSpec, write_task_figures
+from resume.evaluation.published import read_published
+from resume.evaluation.stats import DEFAULT_ITERS, DEFAULT_LEVEL, DEFAULT_SEED
+from resume.evaluation.summary import published_section, settings_lines, significance_section, task_table
+from resume.evaluation.tasks import parse_task_list
 
 from .cache import EvalCache
 from .evalset import build_eval_set
 from .evaluate import Evaluator, Subject
+from .parent_loss import read_loss_curve
 from .plots import PlotSpec, write_figures
-from .runs import RunRef, open_run, unique_names
+from .runs import RunRef, open_run, parent_spec_of, shared_steps, steps_text, unique_names
 from .summary import RunNote, describe_intervention, write_summary
 from .table import build_table, write_table
-
-
-def _steps_text(steps: list[int]) -> str:
-    if not steps:
-        return "none"
-    return ", ".join(map(str, steps)) if len(steps) <= 8 else f"{steps[0]}..{steps[-1]} ({len(steps)} steps)"
-
-
-def _same_run(a: str, b: str) -> bool:
-    pa, pb = Path(a), Path(b)
-    if pa.exists() and pb.exists():
-        return os.path.realpath(pa) == os.path.realpath(pb)
-    return a == b
-
-
-def _parent_spec(branches: list[RunRef], against: str | None) -> str:
-    if against is not None:
-        return str(against)
-    specs = [(b, b.parent_spec) for b in branches]
-    orphans = [b.spec for b, p in specs if p is None]
-    if orphans:
-        raise UserError(f"{orphans[0]} has no parent in its trajectory.json; pass --against RUN to name the run to compare with")
-    first = specs[0][1]
-    for b, p in specs[1:]:
-        if not _same_run(p, first):
-            raise UserError(f"{b.spec} branches from {p!r} but {specs[0][0].spec} from {first!r}; "
-                            "compare branches of one parent at a time, or pass --against RUN")
-    return first
-
-
-def _shared_steps(run: RunRef, parent: RunRef) -> list[int]:
-    shared = sorted(set(run.steps) & set(parent.steps))
-    if not shared:
-        raise UserError(
-            f"{run.spec} (steps {_steps_text(run.steps)}) and {parent.spec} (steps {_steps_text(parent.steps)}) "
-            "share no checkpoint step; compare runs that have checkpoints at the same steps"
-        )
-    return shared
 
 
 def _check_vocab(run: RunRef, parent: RunRef, step: int) -> int:
@@ -114,16 +87,38 @@ def eval_entropy_floor(data_order: dict | None, root: Path | None, eval_set) -> 
     return float(rates[np.asarray(labels[rows])].mean())
 
 
+def loss_measurements(res, parent_label: str, order: list[tuple[str, str, int]]) -> list[Measurement]:
+    """Held-out loss per model and step, with its per-sequence losses (for the paired bootstrap)."""
+    ms = [Measurement(parent_label, "trained", step, "loss", loss, items=np.asarray(res.parent_rows[step]))
+          for step, loss in sorted(res.parent_loss.items())]
+    for key in order:
+        pair = res.pairs[key]
+        ms.append(Measurement(key[0], key[1], key[2], "loss", pair.loss, items=np.asarray(pair.rows)))
+    return ms
+
+
 def compare(trajs: list[str | Path], against: str | None = None, eval_batches: int = 4,
             eval_batch_indices: list[int] | None = None, out: str | Path | None = None,
             seed_runs: list[str] | None = None, progress: bool = True, *, device: str | None = None,
-            figures: bool = True) -> pd.DataFrame:
+            figures: bool = True, tasks: list[str] | str | None = None, num_fewshot: int | None = None,
+            limit: int | float | None = None, batch_size: int = 16, dtype: str = "float32",
+            include_path: str | Path | None = None, tokenizer: str | None = None,
+            published: list[str | Path] | str | Path | None = None, parent_loss: str | Path | None = None,
+            noise_window: int = DEFAULT_WINDOW, bootstrap_iters: int = DEFAULT_ITERS) -> pd.DataFrame:
     """Compare branches with their parent; returns the tidy table and writes everything to ``out``.
 
     ``out`` defaults to ``<first TRAJ>/compare/``. Files: ``comparison.csv``, ``comparison.parquet``,
-    ``eval_set.json``, ``summary.md``, figures ``{loss,delta_loss,kl,param_distance,top1_agreement,
-    overview}.{png,svg}`` (unless ``figures=False``), and ``cache/`` (evaluations keyed by checkpoint
-    and eval-set content). ``device``: torch device for the evaluation (default: cuda if available).
+    ``eval_set.json``, ``summary.md``, ``paired.csv`` (the paired bootstrap of Δloss over held-out
+    sequences, and of task scores, with the noise bands and a verdict per branch, metric and step),
+    ``bands.csv``, figures ``{loss,delta_loss,kl,param_distance,top1_agreement,overview}.{png,svg}``
+    (unless ``figures=False``), and ``cache/`` (evaluations keyed by checkpoint and eval-set content).
+    ``device``: torch device for the evaluation (default: cuda if available).
+
+    ``tasks``: lm-eval tasks evaluated on the same checkpoints (``resume.evaluation``; flags as
+    ``branchpoint eval``): rows ``task/<task>/<metric>`` join the table, with ``task_<task>.png``
+    figures and lm-eval's per-item ``samples/``. ``published``: the parent's released eval JSONs, a
+    reference series (``weights = published``). ``parent_loss``: a CSV of the parent's training
+    loss (step, loss), overlaid on the loss figure.
     """
     import torch
 
@@ -131,15 +126,19 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
         trajs = [trajs]  # one trajectory given bare
     if not trajs:
         raise UserError("no trajectory given; pass at least one TRAJ (a branch directory)")
+    task_names = parse_task_list(tasks) if tasks else []
+    check_settings(num_fewshot, limit, batch_size, dtype, noise_window, bootstrap_iters)
+    curve = read_loss_curve(parent_loss) if parent_loss is not None else None
+    published = [published] if isinstance(published, (str, Path)) else list(published or [])
     branches = [open_run(t, progress=progress) for t in trajs]
-    parent = open_run(_parent_spec(branches, against), progress=progress)
+    parent = open_run(parent_spec_of(branches, against), progress=progress)
     seeds = [open_run(s, progress=progress) for s in (seed_runs or [])]
 
     labels = unique_names(branches)
     parent_label = f"parent:{parent.name}"
     seed_labels = [f"seed:{n}" for n in unique_names(seeds)] if seeds else []
 
-    shared = {lab: _shared_steps(b, parent) for lab, b in zip(labels, branches)}
+    shared = {lab: shared_steps(b, parent) for lab, b in zip(labels, branches)}
     vocab = None
     for lab, b in zip(labels, branches):
         vocab = _check_vocab(b, parent, shared[lab][0])
@@ -150,8 +149,8 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
     for lab, s in zip(seed_labels, seeds):
         steps = sorted(set(s.steps) & set(all_steps))
         if not steps:
-            raise UserError(f"seed run {s.spec} (steps {_steps_text(s.steps)}) has none of the compared steps "
-                            f"{_steps_text(all_steps)}; pass a seed run with checkpoints at those steps")
+            raise UserError(f"seed run {s.spec} (steps {steps_text(s.steps)}) has none of the compared steps "
+                            f"{steps_text(all_steps)}; pass a seed run with checkpoints at those steps")
         _check_vocab(s, parent, steps[0])
         seed_steps[lab] = steps
 
@@ -189,13 +188,40 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
                 if any(x.label == lab and x.weights == weights for x in subjects_by_step[step]):
                     order.append((lab, weights, step))
 
-    evaluator = Evaluator(parent, eval_set, EvalCache(out / "cache"), vocab,
-                          device=torch.device(device) if device else None, progress=progress)
+    pub = None
+    if published:  # parsed before any evaluation: a bad file fails fast
+        pub = read_published(published, parent_name=parent.name, num_fewshot=num_fewshot if num_fewshot is not None else 0)
+        for w in pub.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+
+    cache = EvalCache(out / "cache")
+    evaluator = Evaluator(parent, eval_set, cache, vocab, device=torch.device(device) if device else None,
+                          progress=progress)
     res = evaluator.run(subjects_by_step)
     df = build_table(res, parent_label, order)
+    measurements = loss_measurements(res, parent_label, order)
+    task_run = None
+    if task_names:  # the same checkpoints through lm-eval
+        ev_subjects = [EvalSubject(parent_label, "trained", st, parent.checkpoint(st)) for st in all_steps]
+        ev_subjects += [EvalSubject(x.label, x.weights, x.step, x.path) for st in all_steps for x in subjects_by_step[st]]
+        settings = EvalSettings(num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, dtype=dtype,
+                                device=str(evaluator.device))
+        task_run = run_tasks(ev_subjects, task_names, settings, cache, include_path, tokenizer, out, progress)
+        df = pd.concat([df, task_run.rows], ignore_index=True)
+        measurements += task_run.measurements
+    if pub is not None:
+        if task_run is not None:
+            keep = set(task_run.tasks.leaves) | set(task_names)
+            pub.rows = pub.rows[pub.rows.metric.str.split("/").str[1].isin(keep)].reset_index(drop=True)
+        df = pd.concat([df, pub.rows], ignore_index=True)
+    controls = [lab for lab, b in zip(labels, branches) if str(b.intervention.get("name", "none")) == "none"]
+    analysis = analyze(measurements, parent_label, labels, seed_labels, controls, window=noise_window,
+                       iters=bootstrap_iters)
 
     # Outputs: table, eval set, figures, summary.
     write_table(df, out)
+    write_table(analysis.tests_table(), out, "paired")
+    atomic_write_text(out / "bands.csv", analysis.bands_table().to_csv(index=False, float_format="%.17g"))
     atomic_write_json(out / "eval_set.json", eval_set.to_json())
     floor = eval_entropy_floor(data_owner.data_order, data_owner.traj.root if data_owner.traj else None, eval_set)
     if floor is not None:
@@ -208,8 +234,15 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
     spec = PlotSpec(parent_label=parent_label, branch_steps=[b.branch_step for b in branches if b.branch_step is not None],
                     runs=labels, seed_labels=seed_labels, title=title, loss_floor=floor,
                     legend={lab: lab if _short(b.intervention) in lab else f"{lab} ({_short(b.intervention)})"
-                            for lab, b in zip(labels, branches) if b.traj is not None and b.parent_spec})
+                            for lab, b in zip(labels, branches) if b.traj is not None and b.parent_spec},
+                    bands=analysis.bands_table(), parent_curve=curve,
+                    parent_curve_label=f"parent training loss ({Path(parent_loss).name}; training batches, not the eval set)"
+                    if parent_loss is not None else "")
     written = write_figures(df, out, spec) if figures else []
+    if figures and (task_run is not None or pub is not None):
+        written += write_task_figures(df, analysis.bands_table(), out,
+                                      TaskPlotSpec(parent_label, labels, spec.branch_steps, spec.legend,
+                                                   f"{what} vs {parent_label}"))
 
     notes: list[RunNote] = []
     for lab, b in zip(labels, branches):
@@ -228,8 +261,19 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
     if not any(b.branch_step is not None for b in branches):
         extra.append(f"no branch step recorded: parameter distance is measured from step {seed_ref}.")
     exactness = (data_owner.data_order or {}).get("exactness")
+    if curve is not None:
+        extra.append(f"the loss figure overlays the parent's training loss from `{parent_loss}` ({len(curve)} points, "
+                     f"steps {int(curve.step.min())}..{int(curve.step.max())}; drawn over the compared steps): a "
+                     "training loss on the training batches, not the held-out loss of the eval set.")
+    sections = significance_section(analysis, bootstrap_iters, DEFAULT_SEED, DEFAULT_LEVEL, noise_window,
+                                    len(seed_labels), len(controls))
+    if task_run is not None:
+        sections = ["## Task scores", "", *settings_lines(task_run.settings.record(), task_run.tasks.names), "",
+                    "At each run's last compared step, ± lm-eval's standard error:", "",
+                    *task_table(df, [parent_label, *labels, *seed_labels]), "", *sections]
+    sections += ["", *published_section(pub, [str(p) for p in published])] if pub is not None else []
     md = write_summary(df, parent_label, parent.spec, notes, eval_set,
                        sorted({p.name for p in written if p.suffix == ".png"}), extra,
-                       exactness=None if exactness in (None, "exact") else str(exactness))
+                       exactness=None if exactness in (None, "exact") else str(exactness), sections=sections)
     atomic_write_text(out / "summary.md", md)
     return df

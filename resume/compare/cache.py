@@ -101,13 +101,15 @@ class EvalCache:
         return digest
 
     @staticmethod
-    def _files(ckpt: Path) -> list[Path]:
+    def _files(ckpt: Path, extra: Iterable[str] = ()) -> list[Path]:
+        names = set(extra)
         return sorted(p for p in Path(ckpt).iterdir()
-                      if p.is_file() and (p.name == "config.json" or p.name.endswith(_WEIGHT_SUFFIXES)))
+                      if p.is_file() and (p.name == "config.json" or p.name.endswith(_WEIGHT_SUFFIXES) or p.name in names))
 
-    def prefetch(self, ckpts: Iterable[Path]) -> None:
+    def prefetch(self, ckpts: Iterable[Path], extra: Iterable[str] = ()) -> None:
         """Hash every not-yet-known file of these checkpoints, in parallel threads."""
-        todo = sorted({Path(os.path.realpath(f)) for c in ckpts for f in self._files(c)})
+        extra = tuple(extra)
+        todo = sorted({Path(os.path.realpath(f)) for c in ckpts for f in self._files(c, extra)})
         todo = [f for f in todo if not self._known(f)]
         if not todo:
             return
@@ -115,13 +117,15 @@ class EvalCache:
             for f, st, digest in ex.map(lambda f: (f, f.stat(), _file_sha256(f)), todo):
                 self._memo[str(f)] = self._new[str(f)] = {"stat": _stat_key(st), "sha256": digest}
 
-    def checkpoint_fingerprint(self, ckpt: Path) -> str:
-        """sha256 over (name, sha256) of config.json and the weight files of a checkpoint dir."""
-        key = str(Path(ckpt).resolve())
+    def checkpoint_fingerprint(self, ckpt: Path, extra: Iterable[str] = ()) -> str:
+        """sha256 over (name, sha256) of config.json and the weight files of a checkpoint dir (and
+        of the files named in ``extra`` that it holds, e.g. the tokenizer's for text tasks)."""
+        extra = tuple(sorted(extra))
+        key = str(Path(ckpt).resolve()) + ("|" + ",".join(extra) if extra else "")
         if key in self._fingerprints:
             return self._fingerprints[key]
         h = hashlib.sha256()
-        for p in self._files(ckpt):
+        for p in self._files(ckpt, extra):
             h.update(f"{p.name}:{self.file_hash(p)}\n".encode())
         self._fingerprints[key] = h.hexdigest()
         return self._fingerprints[key]

@@ -38,12 +38,38 @@ class PlotSpec:
     title: str = ""
     legend: dict[str, str] = field(default_factory=dict)  # run -> legend text (e.g. with its intervention)
     loss_floor: float | None = None  # the eval set's entropy floor, where the corpus declares it (the toy)
+    bands: pd.DataFrame | None = None  # resume.evaluation's bands table (loss: seed IQR, checkpoint noise, controls)
+    parent_curve: pd.DataFrame | None = None  # the parent's training loss (step, loss) from --parent-loss
+    parent_curve_label: str = "parent training loss"
+
+
+# Noise bands of the loss (and, as Δ intervals, of Δloss): colour, alpha, legend.
+BAND_STYLE = {"seed": ("0.55", 0.25, "seed band (median, IQR)"),
+              "checkpoint": ("tab:cyan", 0.18, "checkpoint noise (parent ± σ)"),
+              "controls": ("tab:green", 0.18, "repeated controls (range)")}
+
+
+def _draw_bands(ax, bands: pd.DataFrame, delta: bool) -> None:
+    """The loss bands as drawn (``low..high``), or for Δloss the Δ each band allows (``delta_low..delta_high``)."""
+    sub = bands[bands.metric == "loss"]
+    for kind, (color, alpha, label) in BAND_STYLE.items():
+        b = sub[sub.band == kind].sort_values("step")
+        if b.empty:
+            continue
+        lo, hi = (b.delta_low, b.delta_high) if delta else (b.low, b.high)
+        ax.fill_between(b.step, lo, hi, color=color, alpha=alpha, lw=0, zorder=0,
+                        label=label if not delta else label.replace("(parent ± σ)", "(± σ)").replace("(median, IQR)", "(± IQR)"))
+        if kind == "seed" and not delta:
+            ax.plot(b.step, b.center, color="0.45", ls=":", lw=1, zorder=1)
 
 
 def _draw(ax, df: pd.DataFrame, metric: str, spec: PlotSpec, colors: dict[str, str], floor: bool = False) -> None:
     ylabel, title = PANELS[metric]
     sub = df[df.metric == metric]
-    if metric in BANDED and spec.seed_labels:
+    has_bands = spec.bands is not None and not spec.bands.empty and metric in ("loss", "delta_loss")
+    if has_bands:
+        _draw_bands(ax, spec.bands, delta=metric == "delta_loss")
+    elif metric in BANDED and spec.seed_labels:
         band = sub[sub.run.isin(spec.seed_labels)].pivot_table(index="step", columns="run", values="value")
         if not band.empty:
             if metric == "loss":
@@ -57,6 +83,16 @@ def _draw(ax, df: pd.DataFrame, metric: str, spec: PlotSpec, colors: dict[str, s
         parent = sub[sub.run == spec.parent_label].sort_values("step")
         # Wide and pale under the branches, so a control that coincides with it stays visible.
         ax.plot(parent.step, parent.value, color="black", alpha=0.35, lw=4.0, zorder=1, label=spec.parent_label)
+        if spec.parent_curve is not None and not parent.empty:
+            # The user's curve over the compared steps only (plus one point each side): a whole-run
+            # curve would squash the branch's steps into a corner.
+            c = spec.parent_curve
+            lo, hi = parent.step.min(), parent.step.max()
+            inside = c[(c.step >= lo) & (c.step <= hi)].index
+            keep = sorted(set(inside) | {i for i in (inside.min() - 1, inside.max() + 1) if 0 <= i < len(c)}) \
+                if len(inside) else list(c.index)
+            c = c.loc[keep]
+            ax.plot(c.step, c.loss, color="0.25", lw=1.0, alpha=0.8, zorder=2, label=spec.parent_curve_label)
         if floor and spec.loss_floor is not None:
             ax.axhline(spec.loss_floor, color="0.35", ls="--", lw=1.0,
                        label=f"entropy floor of the eval rows ({spec.loss_floor:.3f})")
@@ -85,7 +121,7 @@ def _colors(runs: list[str]) -> dict[str, str]:
     return {r: palette[i % len(palette)] for i, r in enumerate(runs)}
 
 
-def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
+def save_figure(fig: Figure, out: Path, stem: str) -> list[Path]:
     FigureCanvasAgg(fig)
     paths = []
     for ext in ("png", "svg"):
@@ -114,7 +150,7 @@ def write_figures(df: pd.DataFrame, out: str | Path, spec: PlotSpec) -> list[Pat
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
         if spec.title:
             fig.suptitle(spec.title, fontsize=9, color="0.3")
-        written += _save(fig, out, metric)
+        written += save_figure(fig, out, metric)
     fig = Figure(figsize=(11, 7.5))
     axes = fig.subplots(2, 2)
     for ax, metric in zip(axes.flat, ["loss", "delta_loss", "kl", "param_distance"]):
@@ -133,5 +169,5 @@ def write_figures(df: pd.DataFrame, out: str | Path, spec: PlotSpec) -> list[Pat
                bbox_to_anchor=(0.5, 0.0), frameon=False)
     fig.suptitle(spec.title or "Branch vs parent", fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    written += _save(fig, out, "overview")
+    written += save_figure(fig, out, "overview")
     return written

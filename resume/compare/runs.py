@@ -9,10 +9,12 @@ directly.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from checkpoints_cache.errors import UserError
 from checkpoints_cache.trajectory import Trajectory
 
 
@@ -120,3 +122,43 @@ def unique_names(runs: list[RunRef]) -> list[str]:
         seen[n] = seen.get(n, 0) + 1
         result.append(n if out.count(n) == 1 else f"{n}#{seen[n]}")
     return result
+
+
+def steps_text(steps: list[int]) -> str:
+    if not steps:
+        return "none"
+    return ", ".join(map(str, steps)) if len(steps) <= 8 else f"{steps[0]}..{steps[-1]} ({len(steps)} steps)"
+
+
+def same_run(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return os.path.realpath(pa) == os.path.realpath(pb)
+    return a == b
+
+
+def parent_spec_of(branches: list[RunRef], against: str | None) -> str:
+    """The run to compare with: ``against``, else the parent all branches name (one-line errors)."""
+    if against is not None:
+        return str(against)
+    specs = [(b, b.parent_spec) for b in branches]
+    orphans = [b.spec for b, p in specs if p is None]
+    if orphans:
+        raise UserError(f"{orphans[0]} has no parent in its trajectory.json; pass --against RUN to name the run to compare with")
+    first = specs[0][1]
+    for b, p in specs[1:]:
+        if not same_run(p, first):
+            raise UserError(f"{b.spec} branches from {p!r} but {specs[0][0].spec} from {first!r}; "
+                            "compare branches of one parent at a time, or pass --against RUN")
+    return first
+
+
+def shared_steps(run: RunRef, parent: RunRef) -> list[int]:
+    """Steps where both have a checkpoint (a one-line error when there is none)."""
+    shared = sorted(set(run.steps) & set(parent.steps))
+    if not shared:
+        raise UserError(
+            f"{run.spec} (steps {steps_text(run.steps)}) and {parent.spec} (steps {steps_text(parent.steps)}) "
+            "share no checkpoint step; compare runs that have checkpoints at the same steps"
+        )
+    return shared

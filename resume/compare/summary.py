@@ -40,7 +40,10 @@ def _max_abs(df: pd.DataFrame, label: str, weights: str, metric: str) -> float |
 
 
 def write_summary(df: pd.DataFrame, parent_label: str, parent_spec: str, runs: list[RunNote], eval_set: EvalSet,
-                  figures: list[str], extra_notes: list[str], exactness: str | None = None) -> str:
+                  figures: list[str], extra_notes: list[str], exactness: str | None = None,
+                  sections: list[str] | None = None) -> str:
+    """``exactness``: the data order's flag when it is not exact; ``sections``: Markdown lines placed
+    before the notes (paired tests and bands, task scores)."""
     lines = [f"# Comparison with `{parent_label}`", ""]
     if exactness:  # the data order is not known exactly (LLM360 chunks): first thing a reader sees
         lines += [f"> **Data order exactness: {exactness}.** The branches trained on the parent's data as far as the "
@@ -100,13 +103,16 @@ def write_summary(df: pd.DataFrame, parent_label: str, parent_spec: str, runs: l
     lines += ["", "## Seed-to-seed variation", ""]
     if seeds:
         lines.append(f"Seed runs {', '.join(f'`{s.label}`' for s in seeds)} were evaluated like branches (rows "
-                     "`seed:<name>` in the table); the figures shade the range between the parent and the seed runs. "
+                     "`seed:<name>` in the table); the loss figure shades their median and inter-quartile range "
+                     "(with the parent), the Δloss figure ±IQR, and the KL / top-1 figures the range of the seed runs. "
                      "A seed changes both the initialization and the data order (pythia.md §1.1), so their parameter "
                      "distance is in the table but not drawn as a band.")
     else:
         lines.append("No seed runs given: no noise band. Pass `--seed-runs RUN ...` (other seeds of the same recipe, "
                      "e.g. PolyPythias `pythia-160m-seed1`, or `branchpoint toy --seed S`) to judge divergence "
                      "against seed-to-seed variation.")
+    if sections:
+        lines += ["", *sections]
     lines += ["", "## Notes", ""]
     lines.append("- `kl` = mean over tokens of KL(parent ‖ model) from float64 log-softmax; `top1_agreement` = share of "
                  "positions where the parent's most likely token is also the model's; `delta_loss` = model − parent at the same step.")
@@ -119,6 +125,7 @@ def write_summary(df: pd.DataFrame, parent_label: str, parent_spec: str, runs: l
     for n in extra_notes:
         lines.append(f"- {n}")
     lines += ["", "## Files", "", "`comparison.csv` / `comparison.parquet` (columns `run, weights, step, metric, value`), "
+              "`paired.csv` (paired tests, bands and verdicts per branch, metric and step), `bands.csv`, "
               "`eval_set.json`, figures " + ", ".join(f"`{f}`" for f in figures) + "."]
     if "overview.png" in figures:
         lines += ["", "![overview](overview.png)"]

@@ -65,12 +65,12 @@ def build_table(res: Results, parent_label: str, subjects: list[tuple[str, str, 
     return df.astype({"run": str, "weights": str, "step": "int64", "metric": str, "value": "float64"})
 
 
-def write_table(df: pd.DataFrame, out: Path) -> list[Path]:
-    """comparison.csv (full float precision) and comparison.parquet, each written atomically."""
+def write_table(df: pd.DataFrame, out: Path, stem: str = "comparison") -> list[Path]:
+    """<stem>.csv (full float precision) and <stem>.parquet, each written atomically."""
     out = Path(out)
-    csv = out / "comparison.csv"
+    csv = out / f"{stem}.csv"
     atomic_write_text(csv, df.to_csv(index=False, float_format="%.17g"))
-    parquet = out / "comparison.parquet"
+    parquet = out / f"{stem}.parquet"
     tmp = parquet.with_name(f".{parquet.name}.tmp")
     df.to_parquet(tmp, index=False)
     tmp.replace(parquet)
