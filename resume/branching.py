@@ -200,6 +200,9 @@ def branch(
     order: str | None = None,
     dry_run: bool = False,
     eval_batches: int | None = None,
+    log_with: str | None = None,
+    repeat: tuple[int, int] | None = None,
+    repeat_vary: str = "order",
 ) -> Path | None:
     """Continue ``parent`` from checkpoint ``from_step`` (a step, or a checkpoint name such as ``ckpt_012``) for
     ``steps`` updates; return the branch dir.
@@ -207,7 +210,11 @@ def branch(
     ``neox`` for NeoX-family parents (resume.numerics). A chunk-released parent (LLM360) prints its plan first
     and fetches what it needs; ``dry_run`` stops after the plan (returns None). ``order`` picks a chunk
     release's order (``seeded`` | ``file``); ``eval_batches`` is only for the plan (the held-out batches
-    ``compare`` will read)."""
+    ``compare`` will read). ``log_with``: accelerate trackers (``resume.tracking``). ``repeat``: (i, R), the
+    i-th of R repeats, with the rows of each batch reordered by seed i (``resume.repeats``, ``repeat_vary``)."""
+    from resume.repeats import RowOrder
+    from resume.tracking import TRACKING_DIR, flat_config, parse_log_with, row_logger
+
     # 1. validate everything before anything is written
     if steps <= 0:
         raise UserError(f"--steps {steps}: the number of updates must be a positive integer")
@@ -221,7 +228,10 @@ def branch(
     _with_order(run, order)
     iv = parse_intervention(intervention)
     end = from_step + steps
-    out = Path(out) if out is not None else Path("branches") / f"{run.name}-step{from_step}-{iv.name}-k{steps}"
+    trackers = parse_log_with(log_with)
+    row_order = RowOrder(repeat_vary, int(repeat[0]), from_step, end, run.recipe.batch_size) if repeat else None
+    rep = f"-rep{repeat[0]}" if repeat else ""
+    out = Path(out) if out is not None else Path("branches") / f"{run.name}-step{from_step}-{iv.name}-k{steps}{rep}"
     if out.exists() and any(out.iterdir()) and not resume:
         raise UserError(f"output directory {out} already exists; pass --resume to continue it or choose another --out")
     if resume and out.exists() and any(out.iterdir()) and not Trajectory.is_trajectory(out):
@@ -266,7 +276,8 @@ def branch(
 
     # NeoX fp16: DeepSpeed's loss scaler replaces accelerate's GradScaler (on CPU fp32 it never applies)
     use_scaler = numerics == "neox" and train_precision(run.recipe, precision) == "fp16"
-    accelerator = make_accelerator(run.recipe, precision, own_loss_scaler=use_scaler)
+    accelerator = make_accelerator(run.recipe, precision, own_loss_scaler=use_scaler, log_with=trackers,
+                                   project_dir=out / TRACKING_DIR)
     main = accelerator.is_main_process
     ctx = branch_context(run, from_step, end, out, data)
     iv.setup(ctx)
@@ -293,6 +304,8 @@ def branch(
     }
     if (run.data_order or {}).get("exactness") not in (None, "exact"):
         meta["exactness"] = run.data_order["exactness"]  # said where a reader of the trajectory cannot miss it
+    if row_order is not None:
+        meta["repeat"] = {"index": int(repeat[0]), "of": int(repeat[1]), **row_order.describe()}
 
     # 2. the weights at N (after the load-time transform), or the last saved state of this branch
     counters: dict[str, Any] = {}  # schedule offset and loss scaler where the parent's state has them
@@ -346,6 +359,7 @@ def branch(
         schedule_offset=offset,
         loss_scaler=scaler,
         tokenizer_dir=run.checkpoint_dir(from_step),  # the parent's tokenizer goes with every checkpoint
+        row_order=row_order,
     )
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -355,7 +369,12 @@ def branch(
         else:
             truncate_metrics(out / "metrics.jsonl", saved.next_update)
     accelerator.wait_for_everyone()
+    if trackers:
+        accelerator.init_trackers(out.name, config=flat_config(meta))
+        job.on_update = row_logger(accelerator)
     train(job, accelerator)
+    if trackers:
+        accelerator.end_training()
     if main:
         meta["complete"] = True
         meta["intervention"] = iv.describe()

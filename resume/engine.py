@@ -82,6 +82,7 @@ class TrainJob:
     schedule_offset: int = 0
     loss_scaler: Any = None  # resume.numerics.NeoXLossScaler: skip on overflow (fp16 branches of NeoX parents)
     tokenizer_dir: Path | None = None  # its tokenizer files are copied into every saved checkpoint
+    row_order: Callable[[int, np.ndarray], np.ndarray] | None = None  # repeats: reorder batch n's rows
 
 
 def train_precision(recipe: Recipe, precision: str | None = None) -> str:
@@ -89,9 +90,11 @@ def train_precision(recipe: Recipe, precision: str | None = None) -> str:
     return precision or (recipe.precision if torch.cuda.is_available() else "fp32")
 
 
-def make_accelerator(recipe: Recipe, precision: str | None = None, own_loss_scaler: bool = False) -> Accelerator:
+def make_accelerator(recipe: Recipe, precision: str | None = None, own_loss_scaler: bool = False,
+                     log_with: list[str] | None = None, project_dir: Path | None = None) -> Accelerator:
     """fp32 on CPU; on GPU the parent's half precision through accelerate's autocast. ``own_loss_scaler``:
-    the job brings its own (NeoX) loss scaler, so accelerate's GradScaler is switched off."""
+    the job brings its own (NeoX) loss scaler, so accelerate's GradScaler is switched off. ``log_with``:
+    accelerate trackers (``resume.tracking``), writing under ``project_dir``."""
     precision = train_precision(recipe, precision)
     mixed = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}.get(precision)
     if mixed is None:
@@ -101,7 +104,8 @@ def make_accelerator(recipe: Recipe, precision: str | None = None, own_loss_scal
         from accelerate.utils import GradScalerKwargs
 
         handlers.append(GradScalerKwargs(enabled=False))
-    accelerator = Accelerator(mixed_precision=mixed, kwargs_handlers=handlers)
+    tracking = {"log_with": list(log_with), "project_dir": str(project_dir)} if log_with else {}
+    accelerator = Accelerator(mixed_precision=mixed, kwargs_handlers=handlers, **tracking)
     expected = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != expected:
         # torchrun without ACCELERATE_USE_CPU=1 on a CPU machine starts W independent rank-0 runs
@@ -298,6 +302,8 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
         set_lr(lr)
         default_rows = np.arange(n * batch_size, (n + 1) * batch_size, dtype=np.int64)
         rows = np.asarray(job.intervention.batch_row_indices(n, default_rows), dtype=np.int64)
+        if job.row_order is not None:
+            rows = np.asarray(job.row_order(n, rows), dtype=np.int64)
         if rows.shape != default_rows.shape:
             raise RuntimeError(f"intervention returned {rows.shape[0]} rows for batch {n}; the batch has {batch_size}")
         loss_scale = scaler.loss_scale if scaler is not None else 1.0

@@ -29,7 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "  ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m resume branch runs/toy-small --from-step 400 --steps 20\n"
         "  branchpoint branch amber --from-step ckpt_100 --steps 762 --dry-run     # LLM360 Amber: the plan only\n"
         "  branchpoint branch amber --from-step ckpt_100 --steps 762 --order file\n"
-        "  branchpoint branch pythia-160m --from-step 4000 --steps 1000 --optimizer-state exact --numerics neox\n\n"
+        "  branchpoint branch pythia-160m --from-step 4000 --steps 1000 --optimizer-state exact --numerics neox\n"
+        "  branchpoint branch runs/toy-small --from-step 400 --steps 200 --intervention none --repeat 3 --out runs/ctl\n"
+        "  branchpoint branch runs/toy-small --from-step 400 --steps 200 --log-with tensorboard   # tensorboard --logdir OUT/tracking\n\n"
         "A Pythia parent whose card names its NeoX checkpoints (pythia-160m: every step) starts from the fp32\n"
         "master weights and Adam moments imported from them (see `branchpoint fetch --optimizer`), with the\n"
         "scheduler count they hold: the first update's LR is the NeoX schedule at num_iters = N - skipped_steps.\n\n"
@@ -64,6 +66,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan (what would be fetched, converted, trained) and stop")
     p.add_argument("--no-compare", action="store_true", help="skip the comparison with the parent at the end")
     p.add_argument("--eval-batches", type=int, default=4, metavar="K", help="held-out global batches for the comparison")
+    p.add_argument("--log-with", default=None, metavar="TRACKER",
+                   help="tensorboard | wandb | trackio | all (comma-separated for several): log every metrics.jsonl "
+                   "row live through accelerate's trackers, with the trajectory definition as config (in OUT/tracking)")
+    p.add_argument("--repeat", type=int, default=None, metavar="R",
+                   help="make R repeats OUT-rep1 .. OUT-repR, each with another micro-batch order (or data-order "
+                   "seed, --repeat-vary data): with --intervention none, the repeated controls of the noise band")
+    p.add_argument("--repeat-vary", default="order", metavar="WHAT",
+                   help="order: the rows of each batch in another order (floating-point noise); data: the rows of "
+                   "batches N..N+K-1 shuffled among them (data-order noise); default order")
     p.set_defaults(func=run)
 
 
@@ -73,38 +84,53 @@ def run(args: argparse.Namespace) -> int:
 
     if args.save_every <= 0:
         raise UserError(f"--save-every {args.save_every}: use a positive number of updates")
-    out = branch(
-        args.run,
-        args.from_step,
-        args.steps,
-        intervention=args.intervention,
-        optimizer_state=args.optimizer_state,
-        out=args.out,
-        resume=args.resume,
-        micro_batch_size=args.micro_batch_size,
-        save_every=args.save_every,
-        precision=args.precision,
-        numerics=args.numerics,
-        order=args.order,
-        dry_run=args.dry_run,
-        eval_batches=None if args.no_compare else args.eval_batches,
-    )
-    if out is None:
+    if args.repeat is not None and args.repeat < 1:
+        raise UserError(f"--repeat {args.repeat}: use a positive number of repeats")
+    from resume.repeats import MODES
+
+    if args.repeat_vary not in MODES:
+        raise UserError(f"--repeat-vary {args.repeat_vary!r}: use order (micro-batch order) or data (data-order seed)")
+    repeats = [None] if args.repeat is None else [(i, args.repeat) for i in range(1, args.repeat + 1)]
+    outs = []
+    for rep in repeats:
+        target = args.out if rep is None or args.out is None else f"{args.out}-rep{rep[0]}"  # None: branch's default
+        outs.append(branch(
+            args.run,
+            args.from_step,
+            args.steps,
+            intervention=args.intervention,
+            optimizer_state=args.optimizer_state,
+            out=target,
+            resume=args.resume,
+            micro_batch_size=args.micro_batch_size,
+            save_every=args.save_every,
+            precision=args.precision,
+            numerics=args.numerics,
+            order=args.order,
+            dry_run=args.dry_run,
+            eval_batches=None if args.no_compare else args.eval_batches,
+            log_with=args.log_with,
+            repeat=rep,
+            repeat_vary=args.repeat_vary,
+        ))
+    if any(out is None for out in outs):
         print("dry run: nothing was fetched, converted or trained")
         return 0
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
         return 0
-    print(f"branch written to {out}")
     from checkpoints_cache.trajectory import Trajectory
 
-    exactness = Trajectory.open(out).meta.get("exactness")
-    if exactness:
-        print(f"exactness: {exactness} (recorded in {out / 'trajectory.json'})")
+    for out in outs:
+        print(f"branch written to {out}")
+        exactness = Trajectory.open(out).meta.get("exactness")
+        if exactness:
+            print(f"exactness: {exactness} (recorded in {out / 'trajectory.json'})")
     if not args.no_compare:
         from resume.compare.api import compare
 
-        table = compare([out], eval_batches=args.eval_batches)
-        print(f"comparison written to {out / 'compare'} ({len(table)} rows); summary: {out / 'compare' / 'summary.md'}")
+        table = compare(outs, eval_batches=args.eval_batches)
+        where = outs[0] / "compare"
+        print(f"comparison written to {where} ({len(table)} rows); summary: {where / 'summary.md'}")
     return 0

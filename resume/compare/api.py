@@ -46,7 +46,7 @@ from .evalset import build_eval_set
 from .evaluate import Evaluator, Subject
 from .parent_loss import read_loss_curve
 from .plots import PlotSpec, write_figures
-from .runs import RunRef, open_run, parent_spec_of, shared_steps, steps_text, unique_names
+from .runs import RunRef, open_run, parent_spec_of, seed_steps_of, shared_steps, unique_names
 from .summary import RunNote, describe_intervention, write_summary
 from .table import build_table, write_table
 
@@ -145,14 +145,9 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
     all_steps = sorted(set().union(*shared.values()))
     ref_step = {lab: (b.branch_step if b.branch_step in shared[lab] else shared[lab][0]) for lab, b in zip(labels, branches)}
     seed_ref = min(ref_step.values())
-    seed_steps = {}
+    seed_steps = seed_steps_of(seeds, seed_labels, all_steps)
     for lab, s in zip(seed_labels, seeds):
-        steps = sorted(set(s.steps) & set(all_steps))
-        if not steps:
-            raise UserError(f"seed run {s.spec} (steps {steps_text(s.steps)}) has none of the compared steps "
-                            f"{steps_text(all_steps)}; pass a seed run with checkpoints at those steps")
-        _check_vocab(s, parent, steps[0])
-        seed_steps[lab] = steps
+        _check_vocab(s, parent, seed_steps[lab][0])
 
     # Held-out batches from the parent's data order (a branch's points at the same data).
     ends = [b.end_step for b in branches if b.end_step is not None]

@@ -162,3 +162,15 @@ def shared_steps(run: RunRef, parent: RunRef) -> list[int]:
             "share no checkpoint step; compare runs that have checkpoints at the same steps"
         )
     return shared
+
+
+def seed_steps_of(seeds: list[RunRef], labels: list[str], steps: list[int]) -> dict[str, list[int]]:
+    """label -> the compared steps each seed run has (a one-line error for one that has none)."""
+    out = {}
+    for lab, s in zip(labels, seeds):
+        have = sorted(set(s.steps) & set(steps))
+        if not have:
+            raise UserError(f"seed run {s.spec} (steps {steps_text(s.steps)}) has none of the compared steps "
+                            f"{steps_text(steps)}; pass a seed run with checkpoints at those steps")
+        out[lab] = have
+    return out

@@ -180,7 +180,7 @@ def evaluate(trajs: Sequence[str | Path] | str | Path, tasks: Sequence[str] | st
              figures: bool = True) -> pd.DataFrame:
     """Evaluate TRAJs (and their parent, at the same steps) on lm-eval tasks; see the module docstring."""
     from resume.compare.cache import EvalCache
-    from resume.compare.runs import open_run, parent_spec_of, shared_steps, steps_text, unique_names
+    from resume.compare.runs import open_run, parent_spec_of, seed_steps_of, shared_steps, unique_names
 
     if isinstance(trajs, (str, Path)):
         trajs = [trajs]
@@ -206,13 +206,7 @@ def evaluate(trajs: Sequence[str | Path] | str | Path, tasks: Sequence[str] | st
     else:
         run_steps = {lab: shared_steps(r, parent) if parent else r.steps for lab, r in zip(labels, runs)}
     all_steps = sorted(set().union(*run_steps.values()))
-    seed_steps = {}
-    for lab, s in zip(seed_labels, seeds):
-        have = sorted(set(s.steps) & set(all_steps))
-        if not have:
-            raise UserError(f"seed run {s.spec} (steps {steps_text(s.steps)}) has none of the evaluated steps "
-                            f"{steps_text(all_steps)}; pass a seed run with checkpoints at those steps")
-        seed_steps[lab] = have
+    seed_steps = seed_steps_of(seeds, seed_labels, all_steps)
     pub = None
     if published:  # parsed before any evaluation: a bad file fails fast
         pub = read_published(published, parent_name=(parent or runs[0]).name,
