@@ -50,14 +50,16 @@ def parse_log_with(spec: str | None) -> list[str]:
 
 def flat_config(obj: Any, prefix: str = "") -> dict[str, bool | int | float | str]:
     """Nested dicts -> {'a/b': scalar}; lists and None as JSON text (TensorBoard hparams take scalars)."""
-    out: dict[str, bool | int | float | str] = {}
-    if isinstance(obj, dict):
+    if isinstance(obj, dict) and obj:
+        out: dict[str, bool | int | float | str] = {}
         for k, v in obj.items():
-            out.update(flat_config(v, f"{prefix}{k}/" if not isinstance(v, dict) or v else f"{prefix}{k}"))
+            out.update(flat_config(v, f"{prefix}{k}/"))
         return out
     key = prefix.rstrip("/")
-    out[key] = obj if isinstance(obj, (bool, int, float, str)) else json.dumps(obj, sort_keys=True)
-    return out
+    for kind in (bool, int, float, str):  # plain types: str subclasses such as torch's version do not serialise
+        if isinstance(obj, kind):
+            return {key: kind(obj)}
+    return {key: json.dumps(obj, sort_keys=True, default=str)}
 
 
 def row_logger(accelerator: Any) -> Callable[[dict[str, Any]], None]:

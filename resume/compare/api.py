@@ -39,7 +39,7 @@ from resume.evaluation.plots import TaskPlotSpec, write_task_figures
 from resume.evaluation.published import read_published
 from resume.evaluation.stats import DEFAULT_ITERS, DEFAULT_LEVEL, DEFAULT_SEED
 from resume.evaluation.summary import published_section, settings_lines, significance_section, task_table
-from resume.evaluation.tasks import parse_task_list
+from resume.evaluation.tasks import load_tasks, parse_task_list
 
 from .cache import EvalCache
 from .evalset import build_eval_set
@@ -164,6 +164,8 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
             raise UserError(f"{branches[0].spec} is not a local trajectory directory; pass --out DIR for the results")
         out = branches[0].traj.root / "compare"
     out = Path(out)
+    cache = EvalCache(out / "cache")
+    loaded = load_tasks(task_names, include_path, cache.file_hash) if task_names else None  # fail before any write
     out.mkdir(parents=True, exist_ok=True)
 
     subjects_by_step: dict[int, list[Subject]] = {s: [] for s in all_steps}
@@ -189,19 +191,18 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
         for w in pub.warnings:
             print(f"warning: {w}", file=sys.stderr)
 
-    cache = EvalCache(out / "cache")
     evaluator = Evaluator(parent, eval_set, cache, vocab, device=torch.device(device) if device else None,
                           progress=progress)
     res = evaluator.run(subjects_by_step)
     df = build_table(res, parent_label, order)
     measurements = loss_measurements(res, parent_label, order)
     task_run = None
-    if task_names:  # the same checkpoints through lm-eval
+    if loaded is not None:  # the same checkpoints through lm-eval
         ev_subjects = [EvalSubject(parent_label, "trained", st, parent.checkpoint(st)) for st in all_steps]
         ev_subjects += [EvalSubject(x.label, x.weights, x.step, x.path) for st in all_steps for x in subjects_by_step[st]]
         settings = EvalSettings(num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, dtype=dtype,
                                 device=str(evaluator.device))
-        task_run = run_tasks(ev_subjects, task_names, settings, cache, include_path, tokenizer, out, progress)
+        task_run = run_tasks(ev_subjects, loaded, settings, cache, tokenizer, out, progress)
         df = pd.concat([df, task_run.rows], ignore_index=True)
         measurements += task_run.measurements
     if pub is not None:

@@ -111,13 +111,12 @@ def _rows(s: EvalSubject, scores: dict[str, TaskScores]) -> tuple[list[tuple], l
     return rows, ms
 
 
-def run_tasks(subjects: Sequence[EvalSubject], tasks: Sequence[str], settings: EvalSettings, cache,
-              include_path: str | Path | None = None, tokenizer: str | None = None, out: Path | None = None,
-              progress: bool = True) -> TaskRun:
-    """Every subject through lm-eval (cached); tidy rows and measurements for the analysis."""
+def run_tasks(subjects: Sequence[EvalSubject], loaded: LoadedTasks, settings: EvalSettings, cache,
+              tokenizer: str | None = None, out: Path | None = None, progress: bool = True) -> TaskRun:
+    """Every subject through lm-eval (cached); tidy rows and measurements for the analysis.
+    ``loaded``: ``tasks.load_tasks(...)``, done before anything is written (bad task names fail first)."""
     from tqdm.auto import tqdm
 
-    loaded = load_tasks(list(tasks), include_path, cache.file_hash)
     runner = LmEvalRunner(loaded, settings, cache, tokenizer)
     from resume.engine import TOKENIZER_FILES
 
@@ -177,8 +176,11 @@ def evaluate(trajs: Sequence[str | Path] | str | Path, tasks: Sequence[str] | st
              seed_runs: Sequence[str] | None = None, published: Sequence[str | Path] | str | Path | None = None,
              noise_window: int = DEFAULT_WINDOW, bootstrap_iters: int = DEFAULT_ITERS,
              bootstrap_seed: int = DEFAULT_SEED, tokenizer: str | None = None, progress: bool = True,
-             figures: bool = True) -> pd.DataFrame:
-    """Evaluate TRAJs (and their parent, at the same steps) on lm-eval tasks; see the module docstring."""
+             figures: bool = True, stderr_iters: int = 100_000) -> pd.DataFrame:
+    """Evaluate TRAJs (and their parent, at the same steps) on lm-eval tasks; see the module docstring.
+
+    ``stderr_iters``: lm-eval's own bootstrap for the stderr of non-mean metrics (perplexity), its
+    default 100000 as in Pythia's evals; the paired tests use ``bootstrap_iters``."""
     from resume.compare.cache import EvalCache
     from resume.compare.runs import open_run, parent_spec_of, seed_steps_of, shared_steps, unique_names
 
@@ -219,6 +221,8 @@ def evaluate(trajs: Sequence[str | Path] | str | Path, tasks: Sequence[str] | st
             raise UserError(f"{runs[0].spec} is not a local trajectory directory; pass --out DIR for the results")
         out = runs[0].traj.root / "eval"
     out = Path(out)
+    cache = EvalCache(out / "cache")
+    loaded = load_tasks(names, include_path, cache.file_hash)  # unknown or unreachable tasks fail before any write
     out.mkdir(parents=True, exist_ok=True)
 
     subjects: list[EvalSubject] = []
@@ -234,9 +238,8 @@ def evaluate(trajs: Sequence[str | Path] | str | Path, tasks: Sequence[str] | st
         subjects += [EvalSubject(lab, "trained", st, s.checkpoint(st)) for st in seed_steps[lab]]
 
     settings = EvalSettings(num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, dtype=dtype,
-                            device=device or _default_device())
-    cache = EvalCache(out / "cache")
-    tr = run_tasks(subjects, names, settings, cache, include_path, tokenizer, out, progress)
+                            device=device or _default_device(), bootstrap_iters=stderr_iters)
+    tr = run_tasks(subjects, loaded, settings, cache, tokenizer, out, progress)
     if pub is not None:
         keep = set(tr.tasks.leaves) | set(names)
         pub.rows = pub.rows[pub.rows.metric.str.split("/").str[1].isin(keep)].reset_index(drop=True)
