@@ -30,8 +30,8 @@ def add_band_args(p: argparse.ArgumentParser, seed_runs: bool = True) -> None:
                        help="runs of the same recipe with other seeds (trajectories or registry names such as "
                        "pythia-160m-seed1): the seed band, median and IQR")
     p.add_argument("--noise-window", type=int, default=3, metavar="K",
-                   help="checkpoint-noise band: std of the parent's metric over its K evaluated checkpoints nearest "
-                   "to each step (default 3; 0 turns it off)")
+                   help="checkpoint-noise band: σ of the parent's metric around its linear trend over its K evaluated "
+                   "checkpoints nearest to each step (default 3; 0 turns it off)")
     p.add_argument("--bootstrap-iters", type=int, default=10_000, metavar="B",
                    help="resamples of the paired bootstrap (default 10000; seed 1234)")
     p.add_argument("--published", nargs="+", default=None, metavar="PATH",

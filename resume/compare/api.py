@@ -104,7 +104,8 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
             limit: int | float | None = None, batch_size: int = 16, dtype: str = "float32",
             include_path: str | Path | None = None, tokenizer: str | None = None,
             published: list[str | Path] | str | Path | None = None, parent_loss: str | Path | None = None,
-            noise_window: int = DEFAULT_WINDOW, bootstrap_iters: int = DEFAULT_ITERS) -> pd.DataFrame:
+            noise_window: int = DEFAULT_WINDOW, bootstrap_iters: int = DEFAULT_ITERS,
+            stderr_iters: int = 100_000) -> pd.DataFrame:
     """Compare branches with their parent; returns the tidy table and writes everything to ``out``.
 
     ``out`` defaults to ``<first TRAJ>/compare/``. Files: ``comparison.csv``, ``comparison.parquet``,
@@ -118,7 +119,8 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
     ``branchpoint eval``): rows ``task/<task>/<metric>`` join the table, with ``task_<task>.png``
     figures and lm-eval's per-item ``samples/``. ``published``: the parent's released eval JSONs, a
     reference series (``weights = published``). ``parent_loss``: a CSV of the parent's training
-    loss (step, loss), overlaid on the loss figure.
+    loss (step, loss), overlaid on the loss figure. ``stderr_iters``: lm-eval's own bootstrap for the
+    stderr of perplexity-like task metrics.
     """
     import torch
 
@@ -201,7 +203,7 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
         ev_subjects = [EvalSubject(parent_label, "trained", st, parent.checkpoint(st)) for st in all_steps]
         ev_subjects += [EvalSubject(x.label, x.weights, x.step, x.path) for st in all_steps for x in subjects_by_step[st]]
         settings = EvalSettings(num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, dtype=dtype,
-                                device=str(evaluator.device))
+                                device=str(evaluator.device), bootstrap_iters=stderr_iters)
         task_run = run_tasks(ev_subjects, loaded, settings, cache, tokenizer, out, progress)
         df = pd.concat([df, task_run.rows], ignore_index=True)
         measurements += task_run.measurements

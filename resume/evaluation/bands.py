@@ -8,11 +8,12 @@ outside the Δ interval.
   step, drawn as the median and the inter-quartile range, as the PolyPythias paper does
   (users_and_suites.md §2, paper 8). Δ interval: ±IQR (for normal noise the IQR, 1.35σ, is about
   the typical difference between two seeds, 1.13σ).
-- ``checkpoint``: the spread (sample std, ddof=1) of the parent's own metric over the ``window``
-  checkpoints nearest to the step, the step itself included (ties: the earlier one), as in "Signal
-  and Noise" (paper 10, noise = std over a run's last checkpoints). Drawn as parent ± σ; Δ
-  interval ±σ. It includes the parent's own training trend over the window, so early in training
-  it is wide.
+- ``checkpoint``: the spread σ of the parent's own metric over the ``window`` checkpoints nearest
+  to the step, the step itself included (ties: the earlier one), as in "Signal and Noise" (paper
+  10, noise = the std over a run's last checkpoints). Mid-training the metric also moves with
+  training, so σ is taken around the parent's own linear trend over the window (residual std,
+  ``n - 2`` degrees of freedom; with two checkpoints, their plain std): checkpoint-to-checkpoint
+  jitter, not progress. Drawn as parent ± σ; Δ interval ±σ.
 - ``controls``: Δ of the repeated control branches (``branch --intervention none --repeat R``, and
   the plain control) at the step: the engine's own noise floor (micro-batch order, data-order seed).
   Δ interval [min, max] of the controls' Δ; needs at least two controls.
@@ -68,17 +69,26 @@ def window_steps(steps: Sequence[int], step: int, window: int = DEFAULT_WINDOW) 
     return sorted(ranked[:window])
 
 
+def detrended_std(steps: Sequence[int], values: Sequence[float]) -> float:
+    """Residual std around the least-squares line (n - 2 dof); the plain std (ddof=1) for two points."""
+    x, y = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    if y.size < 3:
+        return float(y.std(ddof=1))
+    slope, intercept = np.polyfit(x - x.mean(), y, 1)
+    r = y - (slope * (x - x.mean()) + intercept)
+    return float(np.sqrt((r ** 2).sum() / (y.size - 2)))
+
+
 def checkpoint_noise(step: int, parent_values: Mapping[int, float], window: int = DEFAULT_WINDOW) -> Band | None:
-    """Sample std of the parent's metric over the ``window`` checkpoints nearest to ``step``."""
+    """The parent's checkpoint-to-checkpoint noise over the ``window`` checkpoints nearest to ``step``."""
     if step not in parent_values or window < 2:
         return None
     chosen = window_steps(list(parent_values), step, window)
-    v = np.asarray([parent_values[s] for s in chosen], dtype=float)
-    if v.size < 2:
+    if len(chosen) < 2:
         return None
-    sd = float(v.std(ddof=1))
+    sd = detrended_std(chosen, [parent_values[s] for s in chosen])
     center = float(parent_values[step])
-    return Band("checkpoint", step, int(v.size), center, center - sd, center + sd, -sd, sd)
+    return Band("checkpoint", step, len(chosen), center, center - sd, center + sd, -sd, sd)
 
 
 def control_band(step: int, parent_value: float, control_deltas: Sequence[float]) -> Band | None:

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 from checkpoints_cache.errors import UserError
 
-from .tasks import LoadedTasks, quiet_lm_eval
+from .tasks import LoadedTasks, quiet_lm_eval, quiet_output
 
 # Part of every cache key: bump when what is stored or how it is computed changes.
 ENTRY_VERSION = "1"
@@ -226,8 +226,7 @@ def evaluate_checkpoint(ckpt: Path, tasks: LoadedTasks, settings: EvalSettings, 
 
     lm = make_lm(ckpt, settings, tokenizer)
     # lm-eval prints its own bars and notes per call; the caller shows one progress bar for all.
-    with _env_info_once(), quiet_lm_eval(), open(os.devnull, "w") as null, \
-            contextlib.redirect_stderr(null), contextlib.redirect_stdout(null):
+    with _env_info_once(), quiet_lm_eval(), quiet_output():
         out = lm_eval.simple_evaluate(
             model=lm, tasks=list(tasks.objects), task_manager=tasks.manager, num_fewshot=settings.num_fewshot,
             limit=settings.limit, batch_size=settings.batch_size, device=settings.device, log_samples=True,

@@ -19,6 +19,7 @@ tighter than comparing two unpaired standard errors (users_and_suites.md §4.3).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -30,6 +31,8 @@ DEFAULT_SEED = 1234
 DEFAULT_LEVEL = 0.95
 # Resamples drawn per numpy call: bounds memory (chunk x n indices) without changing the draws.
 _CHUNK_ELEMENTS = 1 << 22
+# Up to this many resample x item counts (32 MB) are kept and shared by all mean tests of one size.
+_COUNTS_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,19 @@ def _statistic(values: np.ndarray, statistic: str) -> np.ndarray | float:
     return np.exp(-m) if statistic == "perplexity" else m
 
 
+@functools.lru_cache(maxsize=4)
+def _counts(n: int, iters: int, seed: int) -> np.ndarray:
+    """How often each item is drawn in each resample: [iters, n] float64. For a mean, Δ* of resample b
+    is counts[b] · d / n, one matrix-vector product for every test with the same n (the draws are
+    the same for all of them)."""
+    parts = []
+    for idx in bootstrap_indices(n, iters, seed):
+        k = idx.shape[0]
+        flat = (idx + (np.arange(k) * n)[:, None]).ravel()  # resample b's items as b*n + i: one bincount
+        parts.append(np.bincount(flat, minlength=k * n).reshape(k, n).astype(np.float64))
+    return np.concatenate(parts)
+
+
 def bootstrap_indices(n: int, iters: int, seed: int):
     """The resamples of ``paired_bootstrap``, in chunks of whole draws (see the module docstring)."""
     rng = np.random.default_rng(seed)
@@ -117,13 +133,16 @@ def paired_bootstrap(parent: Sequence[float] | np.ndarray, branch: Sequence[floa
         raise ValueError(f"bootstrap iterations {iters} must be at least 1")
     delta = float(_statistic(y, statistic) - _statistic(x, statistic))
     diff = y - x
-    parts = []
-    for idx in bootstrap_indices(n, iters, seed):
-        if statistic == "mean":
-            parts.append(diff[idx].mean(axis=1))  # mean of the paired differences: one gather
-        else:
-            parts.append(_statistic(y[idx], statistic) - _statistic(x[idx], statistic))
-    stars = np.concatenate(parts)
+    if statistic == "mean" and iters * n <= _COUNTS_ELEMENTS:
+        stars = _counts(n, iters, seed) @ diff / n
+    else:
+        parts = []
+        for idx in bootstrap_indices(n, iters, seed):
+            if statistic == "mean":
+                parts.append(diff[idx].mean(axis=1))  # mean of the paired differences: one gather
+            else:
+                parts.append(_statistic(y[idx], statistic) - _statistic(x[idx], statistic))
+        stars = np.concatenate(parts)
     lo, hi = np.percentile(stars, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     extreme = int((np.abs(stars - delta) >= abs(delta)).sum())
     p = (1 + extreme) / (iters + 1)
@@ -150,7 +169,7 @@ def fmt_signed(x: float) -> str:
 
 
 def fmt_p(p: float) -> str:
-    return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
+    return f"{p:.2g}"
 
 
 def format_delta(t: PairedTest) -> str:

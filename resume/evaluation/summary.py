@@ -53,8 +53,9 @@ def significance_section(analysis: Analysis, iters: int, seed: int, level: float
     avail = []
     avail.append(f"seed band: {seed_runs} seed run(s) and the parent, median and IQR, exceeded when |Δ| > IQR"
                  if seed_runs else "seed band: none (pass `--seed-runs RUN ...`, e.g. PolyPythias `pythia-160m-seed1`)")
-    avail.append(f"checkpoint noise: std of the parent's metric over its {window} checkpoints nearest to the step "
-                 "(the step included), exceeded when |Δ| > σ" if window >= 2 else "checkpoint noise: off (--noise-window < 2)")
+    avail.append(f"checkpoint noise: σ of the parent's metric around its own linear trend over its {window} evaluated "
+                 "checkpoints nearest to the step (the step included), exceeded when |Δ| > σ" if window >= 2
+                 else "checkpoint noise: off (--noise-window < 2)")
     avail.append(f"repeated controls: {controls} control branches, exceeded when Δ is outside their Δ range"
                  if controls >= 2 else "repeated controls: none (make them with `branchpoint branch RUN --intervention none "
                  "--repeat R`; at least two control branches are needed)")

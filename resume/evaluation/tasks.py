@@ -45,6 +45,29 @@ def quiet_lm_eval(level: int = logging.ERROR) -> Iterator[None]:
             logging.getLogger(n).setLevel(lvl)
 
 
+@contextlib.contextmanager
+def quiet_output() -> Iterator[None]:
+    """lm-eval and datasets print bars, notes and subprocess errors (``git describe`` outside a
+    repository) per call; hide them at the Python and the file-descriptor level while we drive them
+    (the caller shows one progress bar; errors still surface as exceptions)."""
+    import sys
+
+    saved = []
+    with open(os.devnull, "w") as null:
+        try:
+            for fd in (1, 2):
+                with contextlib.suppress(OSError, ValueError):
+                    getattr(sys, "stdout" if fd == 1 else "stderr").flush()
+                    saved.append((fd, os.dup(fd)))
+                    os.dup2(null.fileno(), fd)
+            with contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+                yield
+        finally:
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
 def parse_task_list(spec: str | list[str]) -> list[str]:
     items = spec if isinstance(spec, list) else [spec]
     names = [t.strip() for item in items for t in str(item).split(",") if t.strip()]
@@ -221,7 +244,7 @@ def load_tasks(names: list[str], include_path: str | Path | None, file_hash: Cal
     objects, leaves = [], {}
     for name in names:
         try:
-            with quiet_lm_eval():
+            with quiet_lm_eval(), quiet_output():
                 loaded = tm.load([name])
         except UserError:
             raise

@@ -15,12 +15,19 @@ def test_checkpoint_noise_window_and_std():
     assert window_steps(list(values), 64, 3) == [32, 48, 64]  # the last step: the three before it
     assert window_steps([10, 20, 30, 40], 25, 2) == [20, 30]  # ties go to the earlier step
     b = checkpoint_noise(32, values, 3)
-    sd = float(np.std([4.0, 3.5, 3.25], ddof=1))
+    # around the least-squares line through (16, 4.0), (32, 3.5), (48, 3.25): slope -0.0234375, residuals
+    # +1/24, -1/12, +1/24 (they sum to 0), one degree of freedom
+    resid = np.array([1 / 24, -1 / 12, 1 / 24])
+    sd = float(np.sqrt((resid ** 2).sum() / 1))
     assert b.kind == "checkpoint" and b.n == 3 and b.center == 3.5
     assert (b.delta_low, b.delta_high) == (pytest.approx(-sd), pytest.approx(sd))
     assert (b.low, b.high) == (pytest.approx(3.5 - sd), pytest.approx(3.5 + sd))
     assert b.exceeded(1.01 * sd) and not b.exceeded(0.99 * sd) and b.exceeded(-1.01 * sd)
     assert checkpoint_noise(32, {32: 1.0}, 3) is None  # one checkpoint: no spread
+    two = checkpoint_noise(48, {32: 1.0, 48: 2.0}, 3)
+    assert two.delta_high == pytest.approx(float(np.std([1.0, 2.0], ddof=1)))  # two points: the plain std
+    flat = checkpoint_noise(48, {32: 1.0, 48: 2.0, 64: 3.0}, 3)
+    assert flat.delta_high == pytest.approx(0.0, abs=1e-12)  # a straight trend is no noise
     assert checkpoint_noise(32, values, 0) is None and checkpoint_noise(40, values, 3) is None
 
 
@@ -39,7 +46,7 @@ def test_control_band_is_the_range_of_the_controls():
 
 
 def test_verdicts():
-    ck = checkpoint_noise(32, {16: 1.0, 32: 1.1, 48: 1.2}, 3)  # σ = 0.1
+    ck = checkpoint_noise(48, {32: 1.0, 48: 1.1, 80: 1.5}, 2)  # the two nearest, 32 and 48: σ = 0.0707
     assert verdict(0.5, 0.001, [ck]) == "differs beyond noise"
     assert verdict(0.05, 0.001, [ck]).startswith("significant (p < 0.05) but within noise (checkpoint)")
     assert verdict(0.5, 0.2, [ck]).startswith("no significant difference")

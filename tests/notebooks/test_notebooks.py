@@ -16,6 +16,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 EXPECTED = {
     "compare_interventions.ipynb": ["overview", "loss", "delta_loss", "kl", "param_distance", "top1_agreement"],
     "intervention_study.ipynb": ["overview", "delta_loss", "kl", "study_final_delta_loss"],
+    "lawa_study.ipynb": ["overview", "loss", "delta_loss", "task_toy_next_word", "task_toy_continuation"],
 }
 
 
