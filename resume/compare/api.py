@@ -218,7 +218,7 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
 
     # Outputs: table, eval set, figures, summary.
     write_table(df, out)
-    write_table(analysis.tests_table(), out, "paired")
+    atomic_write_text(out / "paired.csv", analysis.tests_table().to_csv(index=False, float_format="%.17g"))
     atomic_write_text(out / "bands.csv", analysis.bands_table().to_csv(index=False, float_format="%.17g"))
     atomic_write_json(out / "eval_set.json", eval_set.to_json())
     floor = eval_entropy_floor(data_owner.data_order, data_owner.traj.root if data_owner.traj else None, eval_set)

@@ -29,7 +29,7 @@ def fmt(x: float | None) -> str:
     return f"{x:.4g}"
 
 
-class _Lookup:
+class TableLookup:
     """The table as dicts (one pass), for the many single-value reads of the summary: a boolean
     pandas filter per cell costs milliseconds, several percent of a toy comparison."""
 
@@ -56,7 +56,7 @@ def write_summary(df: pd.DataFrame, parent_label: str, parent_spec: str, runs: l
                   sections: list[str] | None = None) -> str:
     """``exactness``: the data order's flag when it is not exact; ``sections``: Markdown lines placed
     before the notes (paired tests and bands, task scores)."""
-    look = _Lookup(df)
+    look = TableLookup(df)
     lines = [f"# Comparison with `{parent_label}`", ""]
     if exactness:  # the data order is not known exactly (LLM360 chunks): first thing a reader sees
         lines += [f"> **Data order exactness: {exactness}.** The branches trained on the parent's data as far as the "

@@ -19,7 +19,7 @@ Semantics, decided where the issue leaves room:
 - Outputs in ``out`` (default ``<first TRAJ>/eval``): ``comparison.csv``/``.parquet`` (tidy rows
   ``run, weights, step, metric, value``; ``metric = task/<task>/<metric>`` and
   ``task/<task>/<metric>_stderr``; the published series as ``weights = published``),
-  ``paired.csv``/``.parquet`` (paired tests, bands, verdicts per branch, metric and step),
+  ``paired.csv`` (paired tests, bands, verdicts per branch, metric and step),
   ``bands.csv``, ``eval_config.json`` (settings, seeds, task fingerprints, checkpoints),
   ``summary.md``, ``task_<task>.png/svg`` and ``samples/<task>/<run>__<weights>__step<S>.jsonl``
   (lm-eval's per-item log). ``cache/`` holds the results by checkpoint and task content, so a
@@ -280,7 +280,7 @@ def write_outputs(out: Path, df: pd.DataFrame, analysis: Analysis, tr: TaskRun, 
                   header: list[str], significance: list[str], runs_order: list[str]) -> None:
     tests, bands = analysis.tests_table(), analysis.bands_table()
     write_frame(df, out, "comparison")
-    write_frame(tests, out, "paired")
+    atomic_write_text(out / "paired.csv", tests.to_csv(index=False, float_format="%.17g"))
     atomic_write_text(out / "bands.csv", bands.to_csv(index=False, float_format="%.17g"))
     record = tr.settings.record()
     atomic_write_json(out / "eval_config.json", {

@@ -16,6 +16,7 @@ same process (``_env_info_once``), the same content without re-running the subpr
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -57,6 +58,13 @@ def _env_info_once() -> Iterator[None]:
         ev.add_env_info = real
 
 
+@functools.lru_cache(maxsize=1)
+def lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     num_fewshot: int | None = None  # None: each task's own default (0 when it sets none)
@@ -73,9 +81,7 @@ class EvalSettings:
         return json.dumps(d, sort_keys=True)
 
     def record(self) -> dict[str, Any]:
-        from importlib.metadata import version
-
-        return {**asdict(self), "lm_eval_version": version("lm_eval")}
+        return {**asdict(self), "lm_eval_version": lm_eval_version()}
 
 
 @dataclass

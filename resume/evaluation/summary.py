@@ -18,24 +18,26 @@ def fmt(x: float | None) -> str:
 
 def task_table(df: pd.DataFrame, runs: Sequence[str]) -> list[str]:
     """Each run's task scores (± lm-eval's stderr) at its last evaluated step."""
+    from resume.compare.summary import TableLookup
+
     tasks = df[df.metric.str.startswith("task/") & ~df.metric.str.endswith("_stderr")
                & ~df.run.str.startswith("published:")]
     if tasks.empty:
         return []
+    look = TableLookup(tasks)
+    values = TableLookup(df[df.metric.str.startswith("task/")]).values
     metrics = sorted(set(tasks.metric))
     lines = ["| run | weights | step | " + " | ".join(f"`{m[5:]}`" for m in metrics) + " |",
              "| --- | --- | ---: |" + " ---: |" * len(metrics)]
     for run in runs:
         for weights in ("trained", "averaged"):
-            sub = tasks[(tasks.run == run) & (tasks.weights == weights)]
-            if sub.empty:
+            if (run, weights) not in look.last:
                 continue
-            last = int(sub.step.max())
+            last = look.last[(run, weights)]
             cells = []
             for m in metrics:
-                v = df[(df.run == run) & (df.weights == weights) & (df.step == last) & (df.metric == m)].value
-                e = df[(df.run == run) & (df.weights == weights) & (df.step == last) & (df.metric == m + "_stderr")].value
-                cells.append(fmt(v.iloc[0] if len(v) else None) + (f" ± {fmt(e.iloc[0])}" if len(e) else ""))
+                v, e = values.get((run, weights, last, m)), values.get((run, weights, last, m + "_stderr"))
+                cells.append(fmt(v) + (f" ± {fmt(e)}" if e is not None else ""))
             lines.append(f"| `{run}` | {weights} | {last} | " + " | ".join(cells) + " |")
     return lines
 
