@@ -22,6 +22,7 @@ Semantics, decided where the issue leaves room:
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -29,7 +30,6 @@ import numpy as np
 import pandas as pd
 
 from checkpoints_cache.errors import UserError
-from checkpoints_cache.trajectory import atomic_write_json, atomic_write_text
 from data_order.chunked import is_chunked
 from resume.evaluation.analysis import Measurement, analyze
 from resume.evaluation.api import EvalSubject, check_settings, run_tasks
@@ -41,7 +41,7 @@ from resume.evaluation.stats import DEFAULT_ITERS, DEFAULT_LEVEL, DEFAULT_SEED
 from resume.evaluation.summary import published_section, settings_lines, significance_section, task_table
 from resume.evaluation.tasks import load_tasks, parse_task_list
 
-from .cache import EvalCache
+from .cache import EvalCache, write_derived
 from .evalset import build_eval_set
 from .evaluate import Evaluator, Subject
 from .parent_loss import read_loss_curve
@@ -218,9 +218,9 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
 
     # Outputs: table, eval set, figures, summary.
     write_table(df, out)
-    atomic_write_text(out / "paired.csv", analysis.tests_table().to_csv(index=False, float_format="%.17g"))
-    atomic_write_text(out / "bands.csv", analysis.bands_table().to_csv(index=False, float_format="%.17g"))
-    atomic_write_json(out / "eval_set.json", eval_set.to_json())
+    write_derived(out / "paired.csv", analysis.tests_table().to_csv(index=False, float_format="%.17g"))
+    write_derived(out / "bands.csv", analysis.bands_table().to_csv(index=False, float_format="%.17g"))
+    write_derived(out / "eval_set.json", json.dumps(eval_set.to_json(), indent=2, sort_keys=True) + "\n")
     floor = eval_entropy_floor(data_owner.data_order, data_owner.traj.root if data_owner.traj else None, eval_set)
     if floor is not None:
         extra_floor = [f"entropy floor of the eval rows: {floor:.4f} nats/token (the corpus's declared per-domain "
@@ -273,5 +273,5 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
     md = write_summary(df, parent_label, parent.spec, notes, eval_set,
                        sorted({p.name for p in written if p.suffix == ".png"}), extra,
                        exactness=None if exactness in (None, "exact") else str(exactness), sections=sections)
-    atomic_write_text(out / "summary.md", md)
+    write_derived(out / "summary.md", md)
     return df

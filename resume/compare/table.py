@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from checkpoints_cache.trajectory import atomic_write_text
-
+from .cache import write_derived
 from .evaluate import Results
 
 COLUMNS = ["run", "weights", "step", "metric", "value"]
@@ -69,7 +68,7 @@ def write_table(df: pd.DataFrame, out: Path, stem: str = "comparison") -> list[P
     """<stem>.csv (full float precision) and <stem>.parquet, each written atomically."""
     out = Path(out)
     csv = out / f"{stem}.csv"
-    atomic_write_text(csv, df.to_csv(index=False, float_format="%.17g"))
+    write_derived(csv, df.to_csv(index=False, float_format="%.17g"))
     parquet = out / f"{stem}.parquet"
     tmp = parquet.with_name(f".{parquet.name}.tmp")
     df.to_parquet(tmp, index=False)

@@ -28,6 +28,7 @@ Semantics, decided where the issue leaves room:
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ import numpy as np
 import pandas as pd
 
 from checkpoints_cache.errors import UserError
-from checkpoints_cache.trajectory import atomic_write_json, atomic_write_text, describe_nearest
+from checkpoints_cache.trajectory import describe_nearest
+from resume.compare.cache import write_derived
 
 from .analysis import Analysis, Measurement, analyze
 from .bands import DEFAULT_WINDOW
@@ -163,6 +165,7 @@ def write_frame(df: pd.DataFrame, out: Path, stem: str) -> None:
     write_table(df, out, stem)
 
 
+
 def _default_device() -> str:
     import torch
 
@@ -280,17 +283,17 @@ def write_outputs(out: Path, df: pd.DataFrame, analysis: Analysis, tr: TaskRun, 
                   header: list[str], significance: list[str], runs_order: list[str]) -> None:
     tests, bands = analysis.tests_table(), analysis.bands_table()
     write_frame(df, out, "comparison")
-    atomic_write_text(out / "paired.csv", tests.to_csv(index=False, float_format="%.17g"))
-    atomic_write_text(out / "bands.csv", bands.to_csv(index=False, float_format="%.17g"))
+    write_derived(out / "paired.csv", tests.to_csv(index=False, float_format="%.17g"))
+    write_derived(out / "bands.csv", bands.to_csv(index=False, float_format="%.17g"))
     record = tr.settings.record()
-    atomic_write_json(out / "eval_config.json", {
+    write_derived(out / "eval_config.json", json.dumps({
         "settings": record,
         "tasks": {"requested": tr.tasks.names, "leaves": tr.tasks.fingerprints},
         "paired_tests": {"bootstrap_iters": tests_iters(analysis), "level": DEFAULT_LEVEL},
         "checkpoints": [{"run": s.label, "weights": s.weights, "step": s.step, "path": str(s.path)} for s in subjects],
         "published": [str(p) for p in published_paths],
         "simple_evaluate_calls": tr.evaluated,
-    })
+    }, indent=2, sort_keys=True) + "\n")
     written = write_task_figures(df, bands, out, spec) if figures else []
     lines = list(header) + [""] + settings_lines(record, tr.tasks.names) + [""]
     lines += ["## Task scores", "", "At each run's last evaluated step, ± lm-eval's standard error:", ""]
@@ -300,7 +303,7 @@ def write_outputs(out: Path, df: pd.DataFrame, analysis: Analysis, tr: TaskRun, 
     lines += ["", "## Files", "", "`comparison.csv`/`.parquet` (columns `run, weights, step, metric, value`; "
               "`metric = task/<task>/<metric>` and `…_stderr`), `paired.csv`, `bands.csv`, `eval_config.json`, "
               "`samples/` (lm-eval's per-item log), figures " + ", ".join(f"`{p.name}`" for p in written if p.suffix == ".png") + "."]
-    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+    write_derived(out / "summary.md", "\n".join(lines) + "\n")
 
 
 def tests_iters(analysis: Analysis) -> int | None:
