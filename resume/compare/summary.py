@@ -36,7 +36,8 @@ class TableLookup:
     def __init__(self, df: pd.DataFrame):
         self.values: dict[tuple[str, str, int, str], float] = {}
         self.series: dict[tuple[str, str, str], list[float]] = {}
-        for run, weights, step, metric, value in df[["run", "weights", "step", "metric", "value"]].itertuples(index=False):
+        cols = [df[c].tolist() for c in ("run", "weights", "step", "metric", "value")]
+        for run, weights, step, metric, value in zip(*cols):
             self.values.setdefault((run, weights, int(step), metric), float(value))
             self.series.setdefault((run, weights, metric), []).append(float(value))
         self.last = {}

@@ -250,7 +250,11 @@ def copy_samples(scores: dict[str, TaskScores], dest_dir: Path, stem: str) -> li
         dest = dest_dir / task / f"{stem}.jsonl"
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(s.samples, tmp)
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(s.samples, tmp)  # the cache's log is never rewritten in place: a hard link is a copy
+        except OSError:
+            shutil.copyfile(s.samples, tmp)
         os.replace(tmp, dest)
         written.append(dest)
     return written

@@ -20,25 +20,27 @@ def task_table(df: pd.DataFrame, runs: Sequence[str]) -> list[str]:
     """Each run's task scores (± lm-eval's stderr) at its last evaluated step."""
     from resume.compare.summary import TableLookup
 
-    tasks = df[df.metric.str.startswith("task/") & ~df.metric.str.endswith("_stderr")
-               & ~df.run.str.startswith("published:")]
-    if tasks.empty:
+    look = TableLookup(df)
+    metrics = sorted({m for (_, w, _, m) in look.values if m.startswith("task/") and not m.endswith("_stderr")
+                      and w != "published"})
+    if not metrics:
         return []
-    look = TableLookup(tasks)
-    values = TableLookup(df[df.metric.str.startswith("task/")]).values
-    metrics = sorted(set(tasks.metric))
+    last: dict[tuple[str, str], int] = {}
+    for (run, weights, step, m) in look.values:
+        if m in metrics:
+            last[(run, weights)] = max(step, last.get((run, weights), step))
     lines = ["| run | weights | step | " + " | ".join(f"`{m[5:]}`" for m in metrics) + " |",
              "| --- | --- | ---: |" + " ---: |" * len(metrics)]
     for run in runs:
         for weights in ("trained", "averaged"):
-            if (run, weights) not in look.last:
+            if (run, weights) not in last:
                 continue
-            last = look.last[(run, weights)]
+            step = last[(run, weights)]
             cells = []
             for m in metrics:
-                v, e = values.get((run, weights, last, m)), values.get((run, weights, last, m + "_stderr"))
+                v, e = look.value(run, weights, step, m), look.value(run, weights, step, m + "_stderr")
                 cells.append(fmt(v) + (f" ± {fmt(e)}" if e is not None else ""))
-            lines.append(f"| `{run}` | {weights} | {last} | " + " | ".join(cells) + " |")
+            lines.append(f"| `{run}` | {weights} | {step} | " + " | ".join(cells) + " |")
     return lines
 
 
