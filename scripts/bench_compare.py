@@ -82,10 +82,13 @@ def breakdown(run) -> dict[str, float]:
         patched.append((mod, name, f))
 
     wrap(ev, "load_model", "load + forward")
-    wrap(ev, "reference_block", "metrics (parent side, float64)")
-    wrap(ev, "pair_sums", "metrics (per compared model, float64)")
+    wrap(ev, "reference_block", "metrics (parent side; float32 elementwise, float64 per token)")
+    wrap(ev, "pair_sums", "metrics (per compared model; float32 elementwise, float64 per token)")
     wrap(ev, "param_l2_distance", "parameter distances")
     wrap(cache, "_file_sha256", "content hashing of checkpoints")
+    import resume.compare.api as api
+
+    wrap(api, "analyze", "paired bootstrap of Δloss over sequences, noise bands")
     from transformers import PreTrainedModel
 
     orig_call = torch.nn.Module.__call__
@@ -306,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
             "| --- | ---: | ---: |",
             *[f"| {k} | {v:.3f} | {100 * v / parts['total']:.0f}% |" for k, v in parts.items() if k != "total"],
             f"| total | {parts['total']:.3f} | |",
+            "",
+            f"Within that run, total / (load + forward) = **{parts['total'] / parts['load + forward']:.3f}**: the "
+            "ratio once the bare side's own work (the same loads and forwards) is taken out, robust to the machine's "
+            "speed changing between rounds.",
         ]
         text = "\n".join(lines) + "\n"
         print(text)

@@ -119,6 +119,37 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"Rounds ({name}, s): direct {', '.join(f'{x:.3f}' for x in d_t)}; eval "
                          f"{', '.join(f'{x:.3f}' for x in e_t)}.")
         lines += ["", *notes, ""]
+        # One instrumented run per workload: the time inside lm-eval (building the task, HFLM + simple_evaluate)
+        # against the whole call, robust to the machine's speed changing between rounds.
+        import resume.evaluation.api as api
+
+        for name, (trajs, st, _) in workloads.items():
+            spent = {"lm": 0.0}
+            originals = (lmeval.evaluate_checkpoint, api.load_tasks)
+
+            def timed(f):
+                def g(*a, **k):
+                    t0 = time.perf_counter()
+                    try:
+                        return f(*a, **k)
+                    finally:
+                        spent["lm"] += time.perf_counter() - t0
+                return g
+
+            lmeval.evaluate_checkpoint, api.load_tasks = timed(originals[0]), timed(originals[1])
+            try:
+                out = work / "instrumented"
+                shutil.rmtree(out, ignore_errors=True)
+                lmeval._ENV_INFO.clear()
+                t = time.perf_counter()
+                evaluate(trajs, [NEXT_WORD], steps=st, include_path=tasks, out=out, progress=False, figures=False)
+                total = time.perf_counter() - t
+            finally:
+                lmeval.evaluate_checkpoint, api.load_tasks = originals
+            lines.append(f"Instrumented ({name}): {total:.3f} s, of which lm-eval (task build, HFLM, simple_evaluate) "
+                         f"{spent['lm']:.3f} s: total / lm-eval = **{total / spent['lm']:.3f}** (the rest: fingerprints, "
+                         "cache, sample logs, tables, summary).")
+        lines.append("")
         t = time.perf_counter()
         evaluate([b], [NEXT_WORD], steps=steps, include_path=tasks, out=work / "cached", progress=False)
         evaluate([b], [NEXT_WORD], steps=steps, include_path=tasks, out=work / "cached", progress=False)
