@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="evaluate on these global batches of the data order instead")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: FIRST_TRAJ/compare)")
     p.add_argument("--seed-runs", nargs="+", default=None, metavar="RUN",
-                   help="runs of the same recipe with other seeds: their spread is drawn as a noise band")
+                   help="runs of the same recipe with other seeds (trajectories or registry names such as pythia-160m-seed1): "
+                   "the seed band, median and IQR with the parent")
     p.add_argument("--device", default=None, metavar="DEV", help="torch device for evaluation (default: cuda if available, else cpu)")
     p.add_argument("--parent-loss", default=None, metavar="FILE.csv",
                    help="the parent's training-loss curve (columns step,loss, or a W&B export), overlaid on the loss figure")

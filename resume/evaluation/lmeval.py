@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -171,8 +172,10 @@ class LmEvalRunner:
         self._names = tasks.leaf_names() + sorted(set(tasks.names) - set(tasks.leaves))  # leaves, then groups
 
     def _key(self, fp: str, task: str) -> list[str]:
-        return [fp, task, self.tasks.fingerprints.get(task, "group:" + ",".join(self.tasks.names)),
-                self.settings.key(), ENTRY_VERSION]
+        # A group's aggregate depends on all of its leaves: key it on their fingerprints.
+        task_fp = self.tasks.fingerprints.get(task) or "group:" + hashlib.sha256(
+            json.dumps(sorted(self.tasks.fingerprints.items())).encode()).hexdigest()
+        return [fp, task, task_fp, self.settings.key(), ENTRY_VERSION]
 
     def checkpoint_fingerprint(self, ckpt: Path) -> str:
         from resume.engine import TOKENIZER_FILES
@@ -198,16 +201,16 @@ class LmEvalRunner:
         fp = self.checkpoint_fingerprint(ckpt)
         out = evaluate_checkpoint(ckpt, self.tasks, self.settings, self.tokenizer)
         self.evaluated += 1
-        import hashlib
 
         def key_of(task: str) -> str:
             return hashlib.sha256(json.dumps(self._key(fp, task)).encode()).hexdigest()
 
         scores = scores_from_output(out, self.tasks, self.cache.root / "lmeval-samples", key_of)
         for task in self._names:
-            if task in scores:
-                self.cache.put("lmeval", self._key(fp, task), {"scores": asdict(scores[task]),
-                                                               "samples": scores[task].samples})
+            # A name lm-eval reports nothing for (a group without an aggregate) is cached as empty too,
+            # so that a re-run does not evaluate again.
+            sc = scores.get(task) or TaskScores(task, {}, {}, {}, [], {}, None)
+            self.cache.put("lmeval", self._key(fp, task), {"scores": asdict(sc), "samples": sc.samples})
         return scores
 
 
