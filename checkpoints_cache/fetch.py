@@ -31,6 +31,7 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.hf_api import RepoFile
 
 from . import hub
+from .disk import human
 from .errors import UserError
 from .registry import RunInfo
 
@@ -224,15 +225,16 @@ class _StreamingSha256:
 
 
 def _progress_class(hasher: _StreamingSha256 | None, show: bool):
-    """A huggingface_hub tqdm that also feeds ``hasher`` (huggingface_hub builds it with its own kwargs)."""
-    from huggingface_hub.utils import tqdm as hf_tqdm
+    """A bar of our progress policy that also feeds ``hasher`` (huggingface_hub builds it with its own kwargs)."""
+    from .progress import bar_class
 
-    class Bar(hf_tqdm):
+    class Bar(bar_class()):
         def __init__(self, *args, **kwargs):
             if hasher is not None and kwargs.get("initial"):
                 hasher.invalidate()  # started from a partial file we did not see
             if not show:
                 kwargs["disable"] = True
+            kwargs.setdefault("name", "huggingface_hub.http_get")  # honours HF_HUB_DISABLE_PROGRESS_BARS
             super().__init__(*args, **kwargs)
 
         def update(self, n=1):
@@ -388,14 +390,6 @@ def _existing_parent(p: Path) -> Path:
     while not p.exists():
         p = p.parent
     return p
-
-
-def human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def _check_trust(run: RunInfo, trust_remote_code: bool) -> None:

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import disk, locks
 from .errors import UserError
 from .recipe import Recipe
 
@@ -65,23 +66,36 @@ def describe_nearest(steps: list[int], step: int) -> str:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    # Read it without setting it where the OS tells (os.umask(0) would briefly open up files that
+    # other threads create meanwhile, e.g. parallel downloads).
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary sibling of ``path``; fsync and rename it into place only on success."""
+def atomic_file(path: Path, mode: str = "wb", need: int | None = None) -> Iterator[Any]:
+    """Open a temporary sibling of ``path``; fsync and rename it into place only on success.
+
+    A write that runs out of room raises ``disk.DiskFullError`` naming ``path`` (and ``need``
+    bytes, when the caller knows them)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        with disk.writing(path, need):
+            with os.fdopen(fd, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, usual_mode(False))  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -99,18 +113,28 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary sibling directory; rename it to ``final`` only if the block succeeds."""
+def atomic_dir(final: Path, overwrite: bool = True, need: int | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling directory; rename it to ``final`` only if the block succeeds.
+
+    Everything in it gets the usual permissions (0644 / 0755 under umask 022: safetensors and
+    mkstemp create 0600). A write that runs out of room raises ``disk.DiskFullError``."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=TMP_SUFFIX, dir=final.parent))
     try:
-        yield tmp
+        try:
+            with disk.writing(final, need):
+                yield tmp
+        except disk.DiskFullError as e:  # name the place the user asked for, not our temporary name
+            if e.path == tmp or tmp in e.path.parents:
+                e.path = final / e.path.relative_to(tmp)
+                e.strerror = e.line()
+            raise
+        fix_permissions(tmp)
         if final.exists():
             if not overwrite:
                 raise FileExistsError(final)
-            old = final.with_name(f".{final.name}.old")
+            old = final.with_name(f".{final.name}{OLD_SUFFIX}")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
             os.replace(tmp, final)
@@ -120,6 +144,77 @@ def atomic_dir(final: Path, overwrite: bool = True) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def usual_mode(is_dir: bool) -> int:
+    """0666 / 0777 under the umask: what ``open``/``mkdir`` give (0644 / 0755 under umask 022)."""
+    return (0o777 if is_dir else 0o666) & ~_umask()
+
+
+def fix_permissions(root: Path) -> None:
+    """Give ``root`` and everything below it the usual permissions (keeps execute bits of files)."""
+    dmode, fmode = usual_mode(True), usual_mode(False)
+    os.chmod(root, dmode)
+    for base, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(base, d), dmode)
+        for f in files:
+            p = os.path.join(base, f)
+            if not os.path.islink(p):
+                os.chmod(p, fmode | (os.stat(p).st_mode & 0o111 & dmode))
+
+
+# Names of the temporaries the helpers above leave behind when a process is killed mid-write:
+# ``.<name>.<random>.tmp`` (atomic_file, atomic_dir, mkstemp users) and ``.<name>.old``.
+TMP_SUFFIX = ".tmp"
+OLD_SUFFIX = ".old"
+
+
+def is_orphan_name(name: str) -> bool:
+    return name.startswith(".") and len(name) > 1 and name.endswith((TMP_SUFFIX, OLD_SUFFIX))
+
+
+def clean_orphans(root: Path | None, siblings_of: Path | None = None) -> list[Path]:
+    """Remove temporaries a killed run left under ``root`` (and, with ``siblings_of``, the
+    ``.<name>.*`` temporaries next to that path). Call it only while holding the output's lock
+    (``checkpoints_cache.locks``): then no other writer can own them. Returns what was removed."""
+    removed: list[Path] = []
+
+    def drop(p: Path) -> None:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        removed.append(p)
+
+    if root is not None and Path(root).is_dir():
+        for base, dirs, files in os.walk(root):
+            for name in [d for d in dirs if is_orphan_name(d) or locks.held_elsewhere(Path(base) / d)]:
+                dirs.remove(name)  # an orphan, or a nested output another process is writing now
+                if is_orphan_name(name):
+                    drop(Path(base) / name)
+            for name in files:
+                if is_orphan_name(name):
+                    drop(Path(base) / name)
+    if siblings_of is not None:
+        sib = Path(siblings_of)
+        if sib.parent.is_dir():
+            for p in sib.parent.iterdir():
+                if p.name.startswith(f".{sib.name}.") and is_orphan_name(p.name):
+                    drop(p)
+    return removed
+
+
+def check_output_dir(out: Path, flag: str = "--out") -> None:
+    """An output directory argument must be a directory or not exist yet; not a file, nor below one."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            what = f"{flag} {out}" if p == out else f"{flag} {out}: {p}"
+            raise UserError(f"{what} is a file, not a directory; pass a directory path")
+        if p.exists():
+            break
 
 
 class Trajectory:

@@ -41,7 +41,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from checkpoints_cache.errors import UserError
-from checkpoints_cache.trajectory import atomic_file
+from checkpoints_cache.trajectory import atomic_file, usual_mode
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -229,6 +229,7 @@ def write_sharded(
                     dst.flush()
                     os.fsync(dst.fileno())
         for tmp, name in zip(tmp_shards, names):
+            os.chmod(tmp, usual_mode(False))  # mkstemp makes 0600
             os.replace(tmp, folder / name)
         tmp_shards.clear()
         _write_index(folder / f"{base}.idx", dt, np.asarray(sizes), _doc_idx(len(sizes), doc_lengths))

@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
-from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 from checkpoints_cache.errors import UserError
 from checkpoints_cache.fetch import AUX_FILES
+from checkpoints_cache.progress import progress_bar
 from checkpoints_cache.recipe import Recipe
 from checkpoints_cache.trajectory import (
     CHECKPOINTS,
@@ -47,7 +47,7 @@ from data_order.steps import accumulation_steps, rank_microbatches
 from resume.interventions.base import Control, Intervention
 from resume.optim import build_optimizer
 from resume.schedule import lr_at
-from resume.state import STATE_DIR, SavedState, load_state, set_rng_state, write_training_state
+from resume.state import STATE_DIR, SavedState, load_state, set_rng_state, tensor_bytes, write_training_state
 
 hf_logging.disable_progress_bar()  # one progress bar per run (ours), not one per save_pretrained
 
@@ -172,16 +172,18 @@ def save_checkpoint(job: TrainJob, model: Any, step: int, optimizer_state: dict[
     (``AutoTokenizer``, lm-eval's ``HFLM``). ``counters``: the schedule offset and loss-scaler state at
     S (a branch from S continues them)."""
     tok = tokenizer_files(job.tokenizer_dir)
-    with atomic_dir(job.out / CHECKPOINTS / step_dir_name(step)) as tmp:
+    extra = job.intervention.extra_weights(model, step)
+    need = tensor_bytes(model.state_dict()) + tensor_bytes(extra)  # for a disk-full error that says how much
+    with atomic_dir(job.out / CHECKPOINTS / step_dir_name(step), need=need) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        for name, state in job.intervention.extra_weights(model, step).items():
+        for name, state in extra.items():
             model.save_pretrained(tmp / name, state_dict=state, safe_serialization=True)
             for f in tok:
                 shutil.copyfile(f, tmp / name / f.name)
         for f in tok:
             shutil.copyfile(f, tmp / f.name)
     if optimizer_state is not None:
-        with atomic_dir(job.out / OPTIMIZER / step_dir_name(step)) as tmp:
+        with atomic_dir(job.out / OPTIMIZER / step_dir_name(step), need=tensor_bytes(optimizer_state)) as tmp:
             torch.save(optimizer_state, tmp / "optimizer.pt")
             info = {"step": step, "next_update": step, **(counters or {})}
             (tmp / "train_state.json").write_text(json.dumps(info) + "\n")
@@ -276,7 +278,7 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
     # --- reestimate: rebuild Adam's moments from the batches before N at lr 0 ---------------------
     if job.resume_from is None and job.reestimate_batches is not None and len(job.reestimate_batches):
         set_lr(0.0)  # AdamW with lr 0 leaves the weights bit-identical (decay is lr * wd)
-        for k in tqdm(job.reestimate_batches, desc="reestimate", disable=not (main and job.progress)):
+        for k in progress_bar(job.reestimate_batches, desc="reestimate", enabled=main and job.progress):
             rows = np.arange(k * batch_size, (k + 1) * batch_size, dtype=np.int64)
             forward_backward(k, rows, scaler.loss_scale if scaler is not None else 1.0)
             if scaler is None or not scaler.unscale_and_check(params):  # an overflowed batch adds nothing
@@ -295,7 +297,7 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
         truncate_metrics(metrics_path, start)
 
     # --- the loop ------------------------------------------------------------------------------
-    bar = tqdm(total=job.end_step - start, desc=f"train {start}->{job.end_step}", disable=not (main and job.progress))
+    bar = progress_bar(total=job.end_step - start, desc=f"train {start}->{job.end_step}", enabled=main and job.progress)
     for n in range(start, job.end_step):
         step = n + 1
         lr = job.intervention.lr(n, lr_at(recipe, n - offset))

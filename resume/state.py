@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from checkpoints_cache.corrupt import reading_checkpoint
 from checkpoints_cache.trajectory import atomic_dir
 
 STATE_DIR = "state"
@@ -51,16 +52,18 @@ class SavedState:
     next_update: int
     train_state: dict[str, Any]
 
+    def _load(self, name: str) -> Any:
+        with reading_checkpoint(self.path / name):  # a damaged state file is named, with what to do
+            return torch.load(self.path / name, map_location="cpu", weights_only=True)
+
     def optimizer_state(self) -> dict[str, Any]:
-        return torch.load(self.path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        return self._load(OPTIMIZER_FILE)
 
     def intervention_state(self) -> dict[str, Any]:
-        p = self.path / INTERVENTION_FILE
-        return torch.load(p, map_location="cpu", weights_only=True) if p.exists() else {}
+        return self._load(INTERVENTION_FILE) if (self.path / INTERVENTION_FILE).exists() else {}
 
     def scaler_state(self) -> dict[str, Any] | None:
-        p = self.path / SCALER_FILE
-        return torch.load(p, map_location="cpu", weights_only=True) if p.exists() else None
+        return self._load(SCALER_FILE) if (self.path / SCALER_FILE).exists() else None
 
 
 def write_training_state(
@@ -75,7 +78,10 @@ def write_training_state(
     with_weights: bool = True,
 ) -> None:
     """Write one complete state directory atomically (``directory`` appears only when complete)."""
-    with atomic_dir(directory) as tmp:
+    need = tensor_bytes(optimizer_state) + tensor_bytes(intervention_state or {})
+    if with_weights:
+        need += tensor_bytes(model.state_dict())
+    with atomic_dir(directory, need=need) as tmp:
         if with_weights:
             model.save_pretrained(tmp, safe_serialization=True)
         torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
@@ -87,11 +93,23 @@ def write_training_state(
         (tmp / TRAIN_STATE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
 
 
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) state dict: what writing it needs on disk, about."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def load_state(directory: Path) -> SavedState | None:
     """The saved state in ``directory`` if it is complete, else None."""
     directory = Path(directory)
     meta = directory / TRAIN_STATE
     if not meta.is_file() or not (directory / OPTIMIZER_FILE).is_file():
         return None
-    info = json.loads(meta.read_text())
+    with reading_checkpoint(meta):
+        info = json.loads(meta.read_text())
     return SavedState(path=directory, next_update=int(info["next_update"]), train_state=info)

@@ -85,7 +85,9 @@ def _quiet_transformers() -> Iterator[None]:
 def load_model(path: Path, device: torch.device, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
-    with _quiet_transformers():
+    from checkpoints_cache.corrupt import reading_checkpoint
+
+    with _quiet_transformers(), reading_checkpoint(path):  # a damaged file is named, with what to do
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.to(device).eval()
 
@@ -165,7 +167,7 @@ class Evaluator:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, subjects_by_step: dict[int, list[Subject]]) -> Results:
-        from tqdm.auto import tqdm
+        from checkpoints_cache.progress import progress_bar
 
         res = Results()
         steps = sorted(subjects_by_step)
@@ -193,7 +195,7 @@ class Evaluator:
             plan.append((step, ppath, fp_p, ploss, todo, need_eval))
         self.cache.flush()
 
-        bar = tqdm(total=total, desc="compare: evaluating", unit="fwd", disable=not self.progress or total == 0)
+        bar = progress_bar(total=total, desc="compare: evaluating", unit="fwd", enabled=self.progress and total > 0)
         try:
             for step, ppath, fp_p, ploss, todo, need_eval in plan:
                 self._run_step(res, step, ppath, fp_p, ploss, todo, need_eval, bar)
