@@ -16,7 +16,8 @@ folder of our own, one per pinned commit::
 ``data_order`` reads this folder (its ``MMapIndexedDataset`` refuses bytes outside the fetched
 ranges). Ranges are HTTP Range GETs through huggingface_hub's session, retried with backoff and
 resumed from the last byte written when a connection drops. Every metadata file is written
-atomically, and a range is recorded only after its bytes are on disk.
+atomically, and a range is recorded only after its bytes are on disk and have passed the caller's
+check (``validate``) and, for a file now fetched whole, its LFS sha256.
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
-from filelock import FileLock
 from huggingface_hub import get_hf_file_metadata, hf_hub_url
 from huggingface_hub.utils import build_hf_headers, get_session
 
 from . import hub
 from .errors import UserError
-from .trajectory import atomic_write_json
+from .locks import output_lock
+from .trajectory import atomic_write_json, clean_orphans
 
 MANIFEST = "manifest.json"
 RANGES = "fetched_ranges.json"
@@ -218,6 +219,63 @@ def _get_range(loc: _Location, fd: int, start: int, end: int, stats: RangeFetch,
             time.sleep(delay)
 
 
+# validate(file, start, end, path of the local file) -> None if the bytes [start, end) look right, else why not
+RangeValidator = Callable[[str, int, int, Path], "str | None"]
+
+
+class CorruptRangeError(UserError):
+    """Fetched bytes failed their check twice; nothing of them was recorded."""
+
+
+def _verified_or_refetched(loc: "_Location", fd: int, path: Path, name: str, s: int, e: int,
+                           validate: RangeValidator | None, stats: RangeFetch, bar) -> None:
+    if validate is None:
+        return
+    problem = validate(name, s, e, path)
+    if problem is None:
+        return
+    print(f"warning: {loc.name} bytes {s}-{e - 1}: {problem}; fetching them again", file=sys.stderr)
+    _get_range(loc, fd, s, e, stats, bar)
+    os.fsync(fd)
+    problem = validate(name, s, e, path)
+    if problem is not None:
+        raise CorruptRangeError(
+            f"{loc.name} bytes {s}-{e - 1} arrived damaged twice ({problem}); nothing of them was stored -- "
+            "try again later, or report it to the repo owners"
+        )
+
+
+def _sha256_of(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _check_whole_file(loc: "_Location", fd: int, folder: Path, name: str, sha256: str | None,
+                      fetched: dict[str, list[list[int]]], validate: RangeValidator | None, stats: RangeFetch,
+                      bar) -> None:
+    """A file now fetched whole: its bytes must hash to the Hub's LFS sha256 (fetched once more if not)."""
+    if not sha256:
+        return
+    if _sha256_of(folder / name) == sha256:
+        return
+    print(f"warning: {loc.name}: the whole file does not match the Hub's sha256 {sha256[:12]}...; fetching it again",
+          file=sys.stderr)
+    _get_range(loc, fd, 0, loc.size, stats, bar)
+    os.fsync(fd)
+    if _sha256_of(folder / name) == sha256:
+        _verified_or_refetched(loc, fd, folder / name, name, 0, loc.size, validate, stats, bar)
+        return
+    if name in fetched:  # some of its earlier ranges must be damaged too: forget them all
+        del fetched[name]
+        atomic_write_json(folder / RANGES, fetched)
+    raise CorruptRangeError(
+        f"{loc.name} arrived whole but does not match the Hub's sha256 {sha256} twice; none of its ranges are "
+        "recorded -- try again later, or report it to the repo owners"
+    )
+
+
 def fetch_ranges(
     repo_id: str,
     wanted: dict[str, list[Range]],
@@ -230,6 +288,7 @@ def fetch_ranges(
     cache_dir: str | os.PathLike | None = None,
     root: str | os.PathLike | None = None,
     progress: bool = True,
+    validate: RangeValidator | None = None,
 ) -> RangeFetch:
     """Fetch byte ranges ``wanted[file] = [(start, end), ...]`` of ``repo_id@revision`` into its partial folder.
 
@@ -237,6 +296,16 @@ def fetch_ranges(
     and linked into the folder. Ranges already fetched are not fetched again. ``commit`` pins
     ``revision`` when the caller resolved it already (one Hub call fewer). Offline
     (``HF_HUB_OFFLINE=1``) this only succeeds when everything is already there.
+
+    Verification before a range is recorded in ``fetched_ranges.json``: ``validate(file, start,
+    end, path)`` (e.g. ``data_order.row_check``: row lengths, token ids < vocabulary) returns None
+    or what is wrong; and a file whose fetched ranges now cover it whole is checked against its
+    LFS sha256. A failed check fetches the bytes once more; a second failure records nothing and
+    raises ``CorruptRangeError``. A range of a file only partly fetched has no published hash:
+    beyond ``validate`` it cannot be proven intact.
+
+    The dataset's partial folder is locked for the call (``locks.output_lock``): a second process
+    fetching into it fails at once naming the first.
     """
     from .fetch import download_verified  # late: fetch imports this module
 
@@ -268,7 +337,8 @@ def fetch_ranges(
         if n not in sizes:
             raise UserError(f"{n} is not a file of {repo_id}@{revision} ({commit[:10]}); the data-order layout changed?")
 
-    with FileLock(str(base / f".{commit}.lock")):
+    with output_lock(base, hint="wait for that fetch to finish"):
+        clean_orphans(folder)  # temporaries of a killed fetch (we hold the lock)
         manifest = {
             "repo_id": repo_id, "repo_type": repo_type, "revision": revision, "commit": commit,
             "endpoint": hub.endpoint_of(endpoint),
@@ -290,9 +360,9 @@ def fetch_ranges(
         stats.bytes_requested = total
         bar = None
         if progress and total:
-            from tqdm.auto import tqdm
+            from .progress import progress_bar
 
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"data rows of {repo_id}")
+            bar = progress_bar(total=total, unit="B", unit_scale=True, desc=f"data rows of {repo_id}")
         try:
             for n, rs in todo.items():
                 _sparse_file(folder / n, sizes[n].size)
@@ -305,7 +375,12 @@ def fetch_ranges(
                     for s, e in rs:
                         _get_range(loc, fd, s, e, stats, bar)
                         os.fsync(fd)  # bytes on disk before the range is recorded
-                        fetched[n] = merge_ranges(fetched.get(n, []) + [[s, e]])
+                        _verified_or_refetched(loc, fd, folder / n, n, s, e, validate, stats, bar)
+                        merged = merge_ranges(fetched.get(n, []) + [[s, e]])
+                        if merged == [[0, sizes[n].size]]:
+                            _check_whole_file(loc, fd, folder, n, manifest["files"][n]["sha256"], fetched,
+                                              validate, stats, bar)
+                        fetched[n] = merged
                         atomic_write_json(folder / RANGES, fetched)
                 finally:
                     os.close(fd)

@@ -26,6 +26,7 @@ from checkpoints_cache.fetch import check_data_steps
 from checkpoints_cache.registry import RunInfo
 
 from .mmidx import DTYPE_CODES, HEADER, HEADER_SIZE, INDEX_NAME, MAGIC, DataOrderError, MMapIndexedDataset
+from .row_check import row_range_validator
 from .steps import batch_rows
 
 SHARD_RE = re.compile(r"^document-(\d{5})-of-(\d{5})\.bin$")
@@ -114,8 +115,11 @@ def fetch_data_steps(
     offset = int(pointers[rows.start])
     nbytes = int(sizes[rows.start:rows.stop].sum(dtype=np.int64)) * dtype.itemsize
     wanted = split_at_shards(offset, nbytes, layout)
+    # Every range is checked before it is recorded: row lengths, token ids < the run's vocabulary.
+    validate = row_range_validator(layout, dtype, sizes, pointers, t + 1, (run.architecture or {}).get("vocab_size"),
+                                   fetched=lambda: data_store.read_fetched(got.folder))
     moved = data_store.fetch_ranges(repo, wanted, revision=revision, commit=commit, endpoint=endpoint,
-                                    cache_dir=cache_dir, root=root, progress=progress)
+                                    cache_dir=cache_dir, root=root, progress=progress, validate=validate)
     _check_rows(moved.folder, rows, t)
     return DataFetch(moved.folder, rows, nbytes, moved.bytes_received, moved.requests)
 
