@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from checkpoints_cache.corrupt import reading_checkpoint
 from checkpoints_cache.errors import UserError
-from checkpoints_cache.trajectory import FORMAT, TRAJECTORY_FILE, Trajectory, atomic_write_json
+from checkpoints_cache.locks import output_lock
+from checkpoints_cache.trajectory import (
+    FORMAT,
+    TRAJECTORY_FILE,
+    Trajectory,
+    atomic_write_json,
+    check_output_dir,
+    clean_orphans,
+)
+from resume.branch_definition import BranchDefinition, check_same_branch
 from resume.engine import (
     TrainJob,
     make_accelerator,
@@ -147,7 +159,8 @@ def load_model(checkpoint_dir: Path) -> Any:
     from transformers import AutoModelForCausalLM
 
     # fp32 master weights; .bin checkpoints are read by transformers with weights_only=True
-    return AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32)
+    with reading_checkpoint(checkpoint_dir):  # a damaged file is named, with what to do
+        return AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32)
 
 
 def branch_context(parent: ParentRun, step: int, end: int, out: Path, data: Any) -> BranchContext:
@@ -203,18 +216,56 @@ def branch(
     log_with: str | None = None,
     repeat: tuple[int, int] | None = None,
     repeat_vary: str = "order",
+    before_training: Callable[[ParentRun, int], None] | None = None,
+    after_training: Callable[[Path], None] | None = None,
 ) -> Path | None:
     """Continue ``parent`` from checkpoint ``from_step`` (a step, or a checkpoint name such as ``ckpt_012``) for
     ``steps`` updates; return the branch dir.
+
+    The output directory is locked for the whole run (``checkpoints_cache.locks``): a second
+    process on the same ``out`` fails at once. ``resume=True`` continues the branch in ``out`` only
+    if its whole definition (``resume.branch_definition``) matches, and returns at once when that
+    branch is already complete. ``before_training(parent, end)`` is called after the arguments are
+    checked and before anything is fetched or written (the CLI checks its comparison arguments
+    there); ``after_training(out)`` runs on the main process while the lock is still held (the
+    comparison). ``check_branch`` runs the same checks and writes nothing.
     ``numerics``: ``neox`` (GPT-NeoX's rotary tables, tanh GELU, fp16 skip-on-overflow) or ``hf``; default
     ``neox`` for NeoX-family parents (resume.numerics). A chunk-released parent (LLM360) prints its plan first
     and fetches what it needs; ``dry_run`` stops after the plan (returns None). ``order`` picks a chunk
     release's order (``seeded`` | ``file``); ``eval_batches`` is only for the plan (the held-out batches
     ``compare`` will read). ``log_with``: accelerate trackers (``resume.tracking``). ``repeat``: (i, R), the
-    i-th of R repeats, with the rows of each batch reordered by seed i (``resume.repeats``, ``repeat_vary``)."""
-    from resume.repeats import RowOrder
-    from resume.tracking import TRACKING_DIR, flat_config, parse_log_with, row_logger
+    i-th of R repeats, with the rows of each batch reordered by seed i (``resume.repeats``, ``repeat_vary``).
+    """
+    run, iv, out, from_step, step_name = _open_branch(parent, from_step, steps, intervention, out, order, repeat)
+    lock = output_lock(out) if launch_rank() == 0 and not dry_run else contextlib.nullcontext()
+    with lock:  # held for the whole run (rank 0 holds it for every process of a launch)
+        done = _branch_locked(run, iv, from_step, steps, out, optimizer_state=optimizer_state, resume=resume,
+                              micro_batch_size=micro_batch_size, save_every=save_every, precision=precision,
+                              numerics=numerics, progress=progress, check_only=False, dry_run=dry_run,
+                              step_name=step_name, eval_batches=eval_batches, before_training=before_training,
+                              log_with=log_with, repeat=repeat, repeat_vary=repeat_vary)[0]
+        if done is not None and after_training is not None and launch_rank() == 0:
+            after_training(done)
+    return done
 
+
+def check_branch(
+    parent: str | Path, from_step: int | str, steps: int, *, intervention: str = "none",
+    optimizer_state: str | None = None, out: str | Path | None = None, micro_batch_size: int | None = None,
+    precision: str | None = None, numerics: str | None = None, order: str | None = None,
+    before_training: Callable[[ParentRun, int], None] | None = None,
+) -> BranchDefinition:
+    """Every check ``branch`` makes before training, without fetching or writing anything; the resolved definition."""
+    run, iv, out, from_step, step_name = _open_branch(parent, from_step, steps, intervention, out, order)
+    return _branch_locked(run, iv, from_step, steps, out, optimizer_state=optimizer_state, resume=False,
+                          micro_batch_size=micro_batch_size, save_every=None, precision=precision, numerics=numerics,
+                          progress=False, check_only=True, dry_run=False, step_name=step_name, eval_batches=None,
+                          before_training=before_training)[1]
+
+
+def _open_branch(parent: str | Path, from_step: int | str, steps: int, intervention: str, out: str | Path | None,
+                 order: str | None, repeat: tuple[int, int] | None = None
+                 ) -> tuple[ParentRun, Intervention, Path, int, str | None]:
     # 1. validate everything before anything is written
     if steps <= 0:
         raise UserError(f"--steps {steps}: the number of updates must be a positive integer")
@@ -227,22 +278,46 @@ def branch(
     run.require_step(from_step)
     _with_order(run, order)
     iv = parse_intervention(intervention)
+    rep = f"-rep{repeat[0]}" if repeat else ""
+    out = Path(out) if out is not None else Path("branches") / f"{run.name}-step{from_step}-{iv.name}-k{steps}{rep}"
+    check_output_dir(out)
+    return run, iv, out, from_step, step_name
+
+
+def launch_rank() -> int:
+    """This process's rank in a torchrun / accelerate launch (0 when not launched)."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _branch_locked(
+    run: ParentRun, iv: Intervention, from_step: int, steps: int, out: Path, *, optimizer_state: str | None,
+    resume: bool, micro_batch_size: int | None, save_every: int | None, precision: str | None,
+    numerics: str | None, progress: bool, check_only: bool, dry_run: bool, step_name: str | None,
+    eval_batches: int | None, before_training: Callable[[ParentRun, int], None] | None,
+    log_with: str | None = None, repeat: tuple[int, int] | None = None, repeat_vary: str = "order",
+) -> tuple[Path | None, BranchDefinition]:
+    from resume.repeats import RowOrder
+    from resume.tracking import TRACKING_DIR, flat_config, parse_log_with, row_logger
+
     end = from_step + steps
     trackers = parse_log_with(log_with)
     row_order = RowOrder(repeat_vary, int(repeat[0]), from_step, end, run.recipe.batch_size) if repeat else None
-    rep = f"-rep{repeat[0]}" if repeat else ""
-    out = Path(out) if out is not None else Path("branches") / f"{run.name}-step{from_step}-{iv.name}-k{steps}{rep}"
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise UserError(f"output directory {out} already exists; pass --resume to continue it or choose another --out")
-    if resume and out.exists() and any(out.iterdir()) and not Trajectory.is_trajectory(out):
-        raise UserError(f"--resume: {out} is not a branch trajectory directory")
-    earlier = Trajectory.open(out) if resume and Trajectory.is_trajectory(out) else None
-    if earlier is not None:
-        _check_same_branch(earlier, run, from_step, end)
-        recorded = (earlier.meta.get("numerics") or {}).get("mode", "hf")
-        if numerics is not None and numerics != recorded:
-            raise UserError(f"--resume: {out} was trained with --numerics {recorded}; rerun with --numerics {recorded}")
-        numerics = recorded
+    recorded = earlier = None
+    if not check_only:
+        if launch_rank() == 0 and out.is_dir() and not dry_run:
+            clean_orphans(out)  # a killed run's temporaries (we hold the lock: nobody else writes here)
+        if out.exists() and any(out.iterdir()) and not resume:
+            raise UserError(f"output directory {out} already exists; pass --resume to continue it or choose another --out")
+        if resume and out.exists() and any(out.iterdir()) and not Trajectory.is_trajectory(out):
+            raise UserError(f"--resume: {out} is not a branch trajectory directory")
+        if resume and Trajectory.is_trajectory(out):
+            earlier = Trajectory.open(out)
+            recorded = BranchDefinition.of_meta(earlier.meta)
+            if recorded is None:
+                raise UserError(f"--resume: {out} is not a branch trajectory directory (no parent recorded)")
+            # continue the branch as it was defined where an argument is left to its default
+            optimizer_state = optimizer_state or recorded.optimizer_state
+            numerics = numerics or recorded.numerics
     numerics = numerics or default_numerics(run.neox_family)
     check_numerics(numerics, run.model_config.get("model_type"))
     data = open_data(run, from_step, end)
@@ -253,21 +328,41 @@ def branch(
         reestimate = range(from_step - m, from_step)
     else:
         reestimate = None
+    if micro_batch_size is not None and (micro_batch_size <= 0 or run.recipe.batch_size % micro_batch_size):
+        raise UserError(
+            f"--micro-batch-size {micro_batch_size} must divide the global batch {run.recipe.batch_size}"
+        )
+    if before_training is not None:
+        before_training(run, end)
+
+    def define() -> BranchDefinition:
+        return BranchDefinition(parent=run.spec, step=from_step, end=end, intervention=iv.describe(),
+                                optimizer_state=mode, recipe=run.recipe.to_dict(),
+                                precision=train_precision(run.recipe, precision), numerics=numerics)
+
     if hasattr(data, "can_serve"):  # chunk files (LLM360): print the plan, then fetch and convert what is missing
+        if check_only:  # nothing is fetched for a check; the intervention is set up when the data is there
+            return out, define()
         from resume.chunk_plan import prepare_chunk_data
 
         data = prepare_chunk_data(run, from_step, end, reestimate, mode, step_name=step_name,
                                   eval_batches=eval_batches, dry_run=dry_run, progress=progress)
         if data is None:
-            return None
+            return None, define()
     elif dry_run:
         print(f"plan: branch {run.name} from step {from_step} for {steps} updates; its data order is local "
               f"({(run.data_order or {}).get('path')}), nothing to fetch but the checkpoint; optimizer: {mode} ({reason})")
-        return None
-    if micro_batch_size is not None and (micro_batch_size <= 0 or run.recipe.batch_size % micro_batch_size):
-        raise UserError(
-            f"--micro-batch-size {micro_batch_size} must divide the global batch {run.recipe.batch_size}"
-        )
+        return None, define()
+    ctx = branch_context(run, from_step, end, out, data)
+    iv.setup(ctx)  # resolves parent-derived parameters (part of the definition) and checks the intervention
+    definition = define()
+    if recorded is not None:
+        check_same_branch(out, definition)
+    if check_only:
+        return out, definition
+    if recorded is not None and Trajectory.open(out).meta.get("complete"):
+        print(f"{out} is already complete (same branch definition); nothing to train", file=sys.stderr)
+        return out, definition
     warning = run.warning_for(from_step)
     if warning:
         print(f"warning: step {from_step} of {run.name} is flagged: {warning}", file=sys.stderr)
@@ -279,8 +374,6 @@ def branch(
     accelerator = make_accelerator(run.recipe, precision, own_loss_scaler=use_scaler, log_with=trackers,
                                    project_dir=out / TRACKING_DIR)
     main = accelerator.is_main_process
-    ctx = branch_context(run, from_step, end, out, data)
-    iv.setup(ctx)
     saved = resume_point(out) if resume else None
     parent_micro = (run.trajectory.meta.get("engine", {}) if run.trajectory else {}).get("micro_batch_size")
     micro = micro_batch_size or (parent_micro if parent_micro and accelerator.num_processes == 1 else None)
@@ -299,7 +392,8 @@ def branch(
         "optimizer_state": {"mode": mode, "reason": reason, "reestimate_batches": [reestimate.start, reestimate.stop] if reestimate else None},
         "seeds": {"recipe": run.recipe.seed},
         "versions": library_versions(),
-        "engine": {"micro_batch_size": micro, "world_size": accelerator.num_processes},
+        "engine": {"micro_batch_size": micro, "world_size": accelerator.num_processes,
+                   "precision": definition.precision},
         "complete": False,
     }
     if (run.data_order or {}).get("exactness") not in (None, "exact"):
@@ -314,7 +408,8 @@ def branch(
         opt, imported = None, None
         if mode == "exact" and run.optimizer_dir(from_step) is not None:
             opt_dir = run.optimizer_dir(from_step)
-            opt = torch.load(opt_dir / "optimizer.pt", map_location="cpu", weights_only=True)
+            with reading_checkpoint(opt_dir / "optimizer.pt"):  # a damaged file is named, with what to do
+                opt = torch.load(opt_dir / "optimizer.pt", map_location="cpu", weights_only=True)
             counters = _saved_counters(opt_dir)
         elif mode == "exact":
             imported, counters = _import_neox(run, from_step, accelerator, model, meta)
@@ -382,7 +477,7 @@ def branch(
         meta["skipped_steps"] = offset + meta["branch_skipped_steps"]
         atomic_write_json(out / TRAJECTORY_FILE, meta)
     accelerator.wait_for_everyone()
-    return out
+    return out, definition
 
 
 def _saved_counters(opt_dir: Path) -> dict[str, Any]:
@@ -431,12 +526,3 @@ def _recorded_order(order: dict[str, Any] | None, data: Any) -> dict[str, Any] |
                               "label_names": st.label_names}
                      for c, st in sorted(data.stores.items())}
     return out
-
-
-def _check_same_branch(traj: Trajectory, run: ParentRun, from_step: int, end: int) -> None:
-    p = traj.parent or {}
-    if p.get("run") != run.spec or int(p.get("step", -1)) != from_step or int(traj.meta.get("end_step", -1)) != end:
-        raise UserError(
-            f"--resume: {traj.root} is a branch of {p.get('run')} from step {p.get('step')} to "
-            f"{traj.meta.get('end_step')}; rerun with the same RUN, --from-step and --steps"
-        )

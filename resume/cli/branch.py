@@ -54,7 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "DeepSpeed's skip-on-overflow loss scaler; hf: transformers' GPT-NeoX as is "
                    "(default: neox for NeoX-trained parents such as Pythia, hf otherwise)")
     p.add_argument("--out", default=None, metavar="TRAJ", help="branch directory (default: branches/<run>-stepN-<name>-kK)")
-    p.add_argument("--resume", action="store_true", help="continue a killed branch from its last saved state")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed branch from its last saved state; only with the same definition (RUN, "
+                   "--from-step, --steps, --intervention, --optimizer-state, recipe, precision), a complete one is left as is")
     p.add_argument("--micro-batch-size", type=int, default=None, metavar="b",
                    help="rows per forward pass per process (default: the parent's, else batch/world size)")
     p.add_argument("--save-every", type=int, default=50, metavar="S", help="save the resumable state every S updates")
@@ -84,12 +86,42 @@ def run(args: argparse.Namespace) -> int:
 
     if args.save_every <= 0:
         raise UserError(f"--save-every {args.save_every}: use a positive number of updates")
+    if not args.no_compare and args.eval_batches < 1:
+        raise UserError(f"--eval-batches {args.eval_batches} must be at least 1 (or pass --no-compare)")
     if args.repeat is not None and args.repeat < 1:
         raise UserError(f"--repeat {args.repeat}: use a positive number of repeats")
     from resume.repeats import MODES
 
     if args.repeat_vary not in MODES:
         raise UserError(f"--repeat-vary {args.repeat_vary!r}: use order (micro-batch order) or data (data-order seed)")
+
+    def check_compare(parent, end: int) -> None:  # the comparison at the end, checked before the first update
+        if not args.no_compare:
+            from resume.compare.preflight import check_eval_batches
+
+            check_eval_batches(parent.data_order, parent.name, end, args.eval_batches, hint="or pass --no-compare")
+
+    def report(out) -> None:
+        from checkpoints_cache.trajectory import Trajectory
+
+        print(f"branch written to {out}")
+        exactness = Trajectory.open(out).meta.get("exactness")
+        if exactness:
+            print(f"exactness: {exactness} (recorded in {out / 'trajectory.json'})")
+
+    def compare_outs(outs) -> None:
+        if args.no_compare:
+            return
+        from resume.compare.api import compare
+
+        table = compare(list(outs), eval_batches=args.eval_batches)
+        where = outs[0] / "compare"
+        print(f"comparison written to {where} ({len(table)} rows); summary: {where / 'summary.md'}")
+
+    def compare_branch(out) -> None:  # one branch: compared while its output is still locked
+        report(out)
+        compare_outs([out])
+
     repeats = [None] if args.repeat is None else [(i, args.repeat) for i in range(1, args.repeat + 1)]
     outs = []
     for rep in repeats:
@@ -112,25 +144,18 @@ def run(args: argparse.Namespace) -> int:
             log_with=args.log_with,
             repeat=rep,
             repeat_vary=args.repeat_vary,
+            before_training=check_compare,
+            after_training=compare_branch if rep is None else None,  # on the main process, the branch still locked
         ))
     if any(out is None for out in outs):
         print("dry run: nothing was fetched, converted or trained")
         return 0
-    from accelerate import PartialState
+    if args.repeat is not None:
+        from accelerate import PartialState
 
-    if not PartialState().is_main_process:
-        return 0
-    from checkpoints_cache.trajectory import Trajectory
-
-    for out in outs:
-        print(f"branch written to {out}")
-        exactness = Trajectory.open(out).meta.get("exactness")
-        if exactness:
-            print(f"exactness: {exactness} (recorded in {out / 'trajectory.json'})")
-    if not args.no_compare:
-        from resume.compare.api import compare
-
-        table = compare(outs, eval_batches=args.eval_batches)
-        where = outs[0] / "compare"
-        print(f"comparison written to {where} ({len(table)} rows); summary: {where / 'summary.md'}")
+        if not PartialState().is_main_process:
+            return 0
+        for out in outs:
+            report(out)
+        compare_outs(outs)  # the repeats side by side: the engine's own noise floor
     return 0
