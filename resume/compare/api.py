@@ -22,6 +22,7 @@ Semantics, decided where the issue leaves room:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -30,6 +31,8 @@ import numpy as np
 import pandas as pd
 
 from checkpoints_cache.errors import UserError
+from checkpoints_cache.locks import output_lock
+from checkpoints_cache.trajectory import check_output_dir, clean_orphans
 from data_order.chunked import is_chunked
 from resume.evaluation.analysis import Measurement, analyze
 from resume.evaluation.api import EvalSubject, check_settings, run_tasks
@@ -44,8 +47,10 @@ from resume.evaluation.tasks import load_tasks, parse_task_list
 from .cache import EvalCache, write_derived
 from .evalset import build_eval_set
 from .evaluate import Evaluator, Subject
+from .against import warn_other_data_order
 from .parent_loss import read_loss_curve
 from .plots import PlotSpec, write_figures
+from .preflight import check_device
 from .runs import RunRef, open_run, parent_spec_of, seed_steps_of, shared_steps, unique_names
 from .summary import RunNote, describe_intervention, write_summary
 from .table import build_table, write_table
@@ -121,9 +126,24 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
     reference series (``weights = published``). ``parent_loss``: a CSV of the parent's training
     loss (step, loss), overlaid on the loss figure. ``stderr_iters``: lm-eval's own bootstrap for the
     stderr of perplexity-like task metrics.
+    ``out`` is locked for the whole comparison (one writer per output).
     """
-    import torch
+    with contextlib.ExitStack() as hold:
+        return _compare(hold, trajs, against=against, eval_batches=eval_batches, eval_batch_indices=eval_batch_indices,
+                        out=out, seed_runs=seed_runs, progress=progress, device=device, figures=figures, tasks=tasks,
+                        num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, dtype=dtype,
+                        include_path=include_path, tokenizer=tokenizer, published=published, parent_loss=parent_loss,
+                        noise_window=noise_window, bootstrap_iters=bootstrap_iters, stderr_iters=stderr_iters)
 
+
+def _compare(hold: contextlib.ExitStack, trajs: list[str | Path], *, against: str | None, eval_batches: int,
+             eval_batch_indices: list[int] | None, out: str | Path | None, seed_runs: list[str] | None,
+             progress: bool, device: str | None, figures: bool, tasks: list[str] | str | None,
+             num_fewshot: int | None, limit: int | float | None, batch_size: int, dtype: str,
+             include_path: str | Path | None, tokenizer: str | None,
+             published: list[str | Path] | str | Path | None, parent_loss: str | Path | None,
+             noise_window: int, bootstrap_iters: int, stderr_iters: int) -> pd.DataFrame:
+    torch_device = check_device(device)  # before any work: an unknown or absent device is one line
     if isinstance(trajs, (str, Path)):
         trajs = [trajs]  # one trajectory given bare
     if not trajs:
@@ -134,6 +154,8 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
     published = [published] if isinstance(published, (str, Path)) else list(published or [])
     branches = [open_run(t, progress=progress) for t in trajs]
     parent = open_run(parent_spec_of(branches, against), progress=progress)
+    if against is not None:
+        warn_other_data_order(branches, parent)
     seeds = [open_run(s, progress=progress) for s in (seed_runs or [])]
 
     labels = unique_names(branches)
@@ -166,6 +188,9 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
             raise UserError(f"{branches[0].spec} is not a local trajectory directory; pass --out DIR for the results")
         out = branches[0].traj.root / "compare"
     out = Path(out)
+    check_output_dir(out)
+    hold.enter_context(output_lock(out))
+    clean_orphans(out)  # temporaries of a killed comparison (we hold the lock)
     cache = EvalCache(out / "cache")
     loaded = load_tasks(task_names, include_path, cache.file_hash) if task_names else None  # fail before any write
     out.mkdir(parents=True, exist_ok=True)
@@ -193,8 +218,7 @@ def compare(trajs: list[str | Path], against: str | None = None, eval_batches: i
         for w in pub.warnings:
             print(f"warning: {w}", file=sys.stderr)
 
-    evaluator = Evaluator(parent, eval_set, cache, vocab, device=torch.device(device) if device else None,
-                          progress=progress)
+    evaluator = Evaluator(parent, eval_set, cache, vocab, device=torch_device, progress=progress)
     res = evaluator.run(subjects_by_step)
     df = build_table(res, parent_label, order)
     measurements = loss_measurements(res, parent_label, order)
