@@ -27,7 +27,16 @@ import torch
 
 from checkpoints_cache.errors import UserError
 from checkpoints_cache.recipe import Recipe
-from checkpoints_cache.trajectory import FORMAT, TRAJECTORY_FILE, Trajectory, atomic_dir, atomic_write_json
+from checkpoints_cache.locks import output_lock
+from checkpoints_cache.trajectory import (
+    FORMAT,
+    TRAJECTORY_FILE,
+    Trajectory,
+    atomic_dir,
+    atomic_write_json,
+    check_output_dir,
+    clean_orphans,
+)
 
 
 @dataclass(frozen=True)
@@ -255,6 +264,22 @@ def init_pythia_(model: Any, seed: int) -> None:
 # --- building the trajectory --------------------------------------------------------------------
 def build_toy(out: str | Path, size: str = "small", seed: int = 1234, progress: bool = True) -> Path:
     """Train the toy from step 0 and write it to ``out`` (atomically: all or nothing)."""
+    check_size(size)
+    out = Path(out)
+    check_output_dir(out)
+    with output_lock(out):  # one builder per toy; the build is atomic, so a killed one leaves only temporaries
+        clean_orphans(None, siblings_of=out)  # the temporary folder of a killed build
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"output directory {out} already exists; choose another --out or remove it")
+        return _build_toy(out, size, seed, progress)
+
+
+def check_size(size: str) -> None:
+    if size not in TOY_SIZES:
+        raise UserError(f"--size {size!r}: use one of {', '.join(TOY_SIZES)}")
+
+
+def _build_toy(out: Path, size: str, seed: int, progress: bool) -> Path:
     import tempfile
 
     from data_order.mmidx import write_sharded
@@ -264,11 +289,6 @@ def build_toy(out: str | Path, size: str = "small", seed: int = 1234, progress: 
     from resume.optim import build_optimizer
     from transformers import GPTNeoXForCausalLM
 
-    if size not in TOY_SIZES:
-        raise UserError(f"--size {size!r}: use one of {', '.join(TOY_SIZES)}")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output directory {out} already exists; choose another --out or remove it")
     spec = TOY_SIZES[size]
     recipe = toy_recipe(spec, seed)
     grid = checkpoint_grid(spec)
@@ -331,12 +351,32 @@ def build_toy(out: str | Path, size: str = "small", seed: int = 1234, progress: 
     return out
 
 
-def ensure_toy(out: str | Path, size: str = "small", seed: int = 1234, progress: bool = True) -> Path:
-    """Build the toy at ``out`` unless a complete one is already there."""
+def existing_toy(out: str | Path, size: str, seed: int = 1234, flag: str = "--out") -> Path | None:
+    """``out`` if it holds the complete toy of this size and seed; None if there is no trajectory;
+    else a one-line error naming what differs (``--size`` / ``--seed``) or that it is not a toy."""
+    check_size(size)
     out = Path(out)
-    if Trajectory.is_trajectory(out):
-        traj = Trajectory.open(out)
-        if traj.meta.get("toy", {}).get("size") == size and traj.steps and traj.steps[-1] == TOY_SIZES[size].train_iters:
-            return out
-        raise UserError(f"{out} holds another trajectory ({traj.name}); choose another --out")
-    return build_toy(out, size=size, seed=seed, progress=progress)
+    if not Trajectory.is_trajectory(out):
+        return None
+    traj = Trajectory.open(out)
+    toy = traj.meta.get("toy")
+    if not toy or traj.parent:
+        raise UserError(f"{flag} {out} holds another trajectory ({traj.name}), not a toy; choose another {flag}")
+    have_size, have_seed = toy.get("size"), int((traj.meta.get("seeds") or {}).get("init", 1234))
+    differs = []
+    if have_size != size:
+        differs.append(f"--size {have_size}")
+    if have_seed != seed:
+        differs.append(f"--seed {have_seed}")
+    if differs:
+        raise UserError(f"{flag} {out} holds the {have_size} toy with seed {have_seed}, not the {size} toy with seed "
+                        f"{seed}; pass {' '.join(differs)} to use it, or choose another {flag}")
+    if not traj.steps or traj.steps[-1] != TOY_SIZES[size].train_iters:
+        raise UserError(f"{flag} {out} holds an incomplete {size} toy (last checkpoint {traj.steps[-1] if traj.steps else None}, "
+                        f"not {TOY_SIZES[size].train_iters}); remove it and build it again")
+    return out
+
+
+def ensure_toy(out: str | Path, size: str = "small", seed: int = 1234, progress: bool = True, flag: str = "--out") -> Path:
+    """Build the toy at ``out`` unless the complete toy of this size and seed is already there."""
+    return existing_toy(out, size, seed, flag) or build_toy(out, size=size, seed=seed, progress=progress)

@@ -11,8 +11,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="build the embedded toy trajectory (a tiny Pythia trained from step 0)",
         description="Train a tiny GPT-NeoX with the Pythia recipe scaled down on a generated corpus and write it "
         "as a trajectory directory: checkpoints at 0, log-spaced and grid steps, the preshuffled data order "
-        "(document.idx + shards) and the full optimizer state at every checkpoint.",
-        epilog="example: branchpoint toy --out runs/toy-small --size small",
+        "(document.idx + shards) and the full optimizer state at every checkpoint. A complete toy of the same size "
+        "and seed already at --out is reused as it is.",
+        epilog="example: branchpoint toy --out runs/toy-small --size small   # run again: reuses the complete toy",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default=None, help="trajectory directory to write (default: runs/toy-SIZE)")
@@ -22,10 +23,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from resume.toy import build_toy
+    from resume.toy import build_toy, existing_toy
 
     out = args.out or f"runs/toy-{args.size}" + ("" if args.seed == 1234 else f"-seed{args.seed}")
-    path = build_toy(out, size=args.size, seed=args.seed)
-    print(f"toy trajectory written to {path}")
+    path = existing_toy(out, args.size, args.seed)  # the complete toy of this size and seed: nothing to do
+    if path is not None:
+        print(f"toy trajectory {path} is complete ({args.size}, seed {args.seed})")
+    else:
+        path = build_toy(out, size=args.size, seed=args.seed)
+        print(f"toy trajectory written to {path}")
     print(f"next: branchpoint steps {path}  |  branchpoint branch {path} --from-step N --steps K")
     return 0
