@@ -58,6 +58,9 @@ def test_notebook_runs_and_writes_its_figures(name: str, work: Path):
     client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    streams = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                      if o.output_type == "stream")
+    assert "IProgress" not in streams  # no widget warning from the progress bars (checkpoints_cache.progress)
     for stem in EXPECTED[name]:
         png = figures / f"{stem}.png"
         assert png.is_file(), png
