@@ -20,11 +20,13 @@ examples:
 Weights and config go through huggingface_hub into the standard HF cache (HF_HOME / HF_HUB_CACHE),
 every LFS file checked against the Hub's sha256. --data-steps K fetches only the rows of global
 batches N..N+K-1 (a branch from stepN trains on batch N first): document.idx plus byte ranges of
-the preshuffled shards, into $HF_HOME/branchpoint/data. LLM360 runs (Amber, K2) publish their data
-as JSONL chunk files without a row index: --data-steps fetches the chunks holding those batches whole
-into the HF cache (sha256-verified) and converts each once into a token store under
-$HF_HOME/branchpoint/data/chunks. --dry-run lists files and bytes and checks the free disk space;
-nothing moves. With HF_HUB_OFFLINE=1 it checks the cache only.
+the preshuffled shards, into $HF_HOME/branchpoint/data. A range has no published hash: before it
+is recorded its rows are checked (row length, token ids < the vocabulary), and a shard that ends up
+fetched whole is checked against its sha256; a failed check fetches once more, then stops.
+LLM360 runs (Amber, K2) publish their data as JSONL chunk files without a row index: --data-steps
+fetches the chunks holding those batches whole into the HF cache (sha256-verified) and converts each
+once into a token store under $HF_HOME/branchpoint/data/chunks. --dry-run lists files and bytes and
+checks the free disk space; nothing moves. With HF_HUB_OFFLINE=1 it checks the cache only.
 
 --optimizer also imports the run's own optimizer state at N from its NeoX checkpoint (the card's
 [optimizer_state] repo, e.g. EleutherAI/neox-ckpt-pythia-160m): only mp_rank_00_model_states.pt and
