@@ -18,8 +18,19 @@ import math
 import os
 import sys
 import time
+import warnings
 from functools import lru_cache
 from typing import Any, Iterable
+
+# Merely importing tqdm.auto in a Jupyter kernel without ipywidgets warns "IProgress not found"
+# (huggingface_hub and accelerate import it); our bars never use the widget there, so the warning
+# only misleads. The package __init__s install this filter before anything imports tqdm.auto.
+WIDGET_WARNING = "IProgress not found"
+
+
+def quiet_widget_warning() -> None:
+    warnings.filterwarnings("ignore", message=WIDGET_WARNING)
+
 
 LOG_INTERVAL_S = 30.0
 LOG_FRACTION = 0.1

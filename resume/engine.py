@@ -362,8 +362,8 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
                     scaler_state=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 )
             accelerator.wait_for_everyone()
+        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)  # shown with this update
         bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
     bar.close()
     accelerator.wait_for_everyone()
     return unwrapped
