@@ -33,7 +33,7 @@ from typing import Callable, Iterable
 from huggingface_hub import get_hf_file_metadata, hf_hub_url
 from huggingface_hub.utils import build_hf_headers, get_session
 
-from . import hub
+from . import disk, hub
 from .errors import UserError
 from .locks import output_lock
 from .trajectory import atomic_write_json, clean_orphans
@@ -373,8 +373,9 @@ def fetch_ranges(
                 fd = os.open(folder / n, os.O_RDWR)
                 try:
                     for s, e in rs:
-                        _get_range(loc, fd, s, e, stats, bar)
-                        os.fsync(fd)  # bytes on disk before the range is recorded
+                        with disk.writing(folder / n, e - s):  # a full disk: one line with the bytes needed
+                            _get_range(loc, fd, s, e, stats, bar)
+                            os.fsync(fd)  # bytes on disk before the range is recorded
                         _verified_or_refetched(loc, fd, folder / n, n, s, e, validate, stats, bar)
                         merged = merge_ranges(fetched.get(n, []) + [[s, e]])
                         if merged == [[0, sizes[n].size]]:

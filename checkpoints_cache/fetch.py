@@ -31,7 +31,7 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.hf_api import RepoFile
 
 from . import hub
-from .disk import human
+from .disk import human, writing
 from .errors import UserError
 from .registry import RunInfo
 
@@ -254,15 +254,16 @@ def download_verified(
     blob_dir = hub.repo_folder(hub.hub_cache(cache_dir), repo_id, repo_type) / "blobs"
     for attempt in (1, 2):
         hasher = _StreamingSha256(blob_dir, expected) if kind == "sha256" else None
-        path = Path(hub.with_retries(
-            lambda: hf_hub_download(
-                repo_id, filename, revision=commit, repo_type=repo_type, endpoint=endpoint,
-                cache_dir=str(cache_dir) if cache_dir else None, force_download=attempt == 2,
-                tqdm_class=_progress_class(hasher, progress),
-            ),
-            f"downloading {repo_id}/{filename}",
-            on_retry=hasher.invalidate if hasher else None,
-        ))
+        with writing(blob_dir, entry.size):  # a full disk: one line with the bytes this file needs
+            path = Path(hub.with_retries(
+                lambda: hf_hub_download(
+                    repo_id, filename, revision=commit, repo_type=repo_type, endpoint=endpoint,
+                    cache_dir=str(cache_dir) if cache_dir else None, force_download=attempt == 2,
+                    tqdm_class=_progress_class(hasher, progress),
+                ),
+                f"downloading {repo_id}/{filename}",
+                on_retry=hasher.invalidate if hasher else None,
+            ))
         blob = Path(os.path.realpath(path))
         streamed = hasher.digest(blob) if hasher is not None else None
         if streamed == expected:

@@ -181,6 +181,12 @@ def clean_orphans(root: Path | None, siblings_of: Path | None = None) -> list[Pa
     removed: list[Path] = []
 
     def drop(p: Path) -> None:
+        name = p.name
+        if name.endswith(OLD_SUFFIX):  # killed between atomic_dir's two renames: the old copy is the only one
+            final = p.with_name(name[1:-len(OLD_SUFFIX)])
+            if not final.exists():
+                os.replace(p, final)
+                return
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:

@@ -162,3 +162,20 @@ def test_no_widget_warning_in_a_notebook_without_ipywidgets(monkeypatch):
             bar.close()
     finally:
         progress._classes.cache_clear()
+
+
+def test_cleanup_keeps_the_only_copy_left_between_two_renames(tmp_path: Path):
+    """Killed between atomic_dir's renames (final -> .final.old, tmp -> final): the old copy is restored."""
+    from checkpoints_cache.trajectory import clean_orphans
+
+    out = tmp_path / "b"
+    (out / ".state.old").mkdir(parents=True)
+    (out / ".state.old" / "train_state.json").write_text("{}")
+    (out / ".state.k2j4.tmp").mkdir()
+    (out / "checkpoints" / ".step8.x1y2.tmp").mkdir(parents=True)
+    (out / ".metrics.jsonl.ab12.tmp").write_text("torn")
+    (out / "checkpoints" / "step4").mkdir()
+    removed = clean_orphans(out)
+    assert sorted(p.name for p in removed) == [".metrics.jsonl.ab12.tmp", ".state.k2j4.tmp", ".step8.x1y2.tmp"]
+    assert (out / "state" / "train_state.json").is_file() and (out / "checkpoints" / "step4").is_dir()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "state"]
