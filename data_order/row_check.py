@@ -87,11 +87,14 @@ def row_range_validator(
             chunk_tokens = max(CHUNK_BYTES // item, 1)
             while pos + item <= e:
                 stop = min(pos + chunk_tokens * item, e - (e - pos) % item)
-                raw = head + bytes(mm[max(pos, 0):stop]) if pos < 0 else bytes(mm[pos:stop])
+                if pos < 0:  # the straddling token alone, joined from its two shards
+                    stop = pos + item
+                    tokens = np.frombuffer(head + bytes(mm[0:stop]), dtype=dtype)
+                else:
+                    tokens = mm[pos:stop].view(dtype)  # no copy
                 head = b""
-                tokens = np.frombuffer(raw, dtype=dtype)
-                over = np.flatnonzero(tokens >= vocab_size)
-                if over.size:
+                if tokens.size and int(tokens.max()) >= vocab_size:  # one pass; locate only on failure
+                    over = np.flatnonzero(tokens >= vocab_size)
                     voff = vstart + pos + int(over[0]) * item
                     row = int(np.searchsorted(pointers, voff, side="right")) - 1
                     return (f"{over.size} token id(s) >= the vocabulary size {vocab_size} (first: {int(tokens[over[0]])} "
