@@ -219,25 +219,37 @@ def _get_range(loc: _Location, fd: int, start: int, end: int, stats: RangeFetch,
             time.sleep(delay)
 
 
-# validate(file, start, end, path of the local file) -> None if the bytes [start, end) look right, else why not
-RangeValidator = Callable[[str, int, int, Path], "str | None"]
+# validate(file, start, end, path of the local file) -> None (or True) if the bytes [start, end) look right,
+# else why not (a reason, or False, or it raises ValueError / UserError)
+RangeValidator = Callable[[str, int, int, Path], "str | bool | None"]
 
 
 class CorruptRangeError(UserError):
     """Fetched bytes failed their check twice; nothing of them was recorded."""
 
 
+def _problem(validate: RangeValidator, name: str, s: int, e: int, path: Path) -> str | None:
+    """What ``validate`` finds wrong (it returns a reason, or False, or raises ValueError / UserError), else None."""
+    try:
+        got = validate(name, s, e, path)
+    except (ValueError, UserError) as exc:
+        return str(exc) or type(exc).__name__
+    if got is None or got is True:
+        return None
+    return "the range check failed" if got is False else str(got)
+
+
 def _verified_or_refetched(loc: "_Location", fd: int, path: Path, name: str, s: int, e: int,
                            validate: RangeValidator | None, stats: RangeFetch, bar) -> None:
     if validate is None:
         return
-    problem = validate(name, s, e, path)
+    problem = _problem(validate, name, s, e, path)
     if problem is None:
         return
     print(f"warning: {loc.name} bytes {s}-{e - 1}: {problem}; fetching them again", file=sys.stderr)
     _get_range(loc, fd, s, e, stats, bar)
     os.fsync(fd)
-    problem = validate(name, s, e, path)
+    problem = _problem(validate, name, s, e, path)
     if problem is not None:
         raise CorruptRangeError(
             f"{loc.name} bytes {s}-{e - 1} arrived damaged twice ({problem}); nothing of them was stored -- "

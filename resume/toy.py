@@ -264,7 +264,7 @@ def init_pythia_(model: Any, seed: int) -> None:
 # --- building the trajectory --------------------------------------------------------------------
 def build_toy(out: str | Path, size: str = "small", seed: int = 1234, progress: bool = True) -> Path:
     """Train the toy from step 0 and write it to ``out`` (atomically: all or nothing)."""
-    check_size(size)
+    check_size(size, seed)
     out = Path(out)
     check_output_dir(out)
     with output_lock(out):  # one builder per toy; the build is atomic, so a killed one leaves only temporaries
@@ -274,9 +274,11 @@ def build_toy(out: str | Path, size: str = "small", seed: int = 1234, progress: 
         return _build_toy(out, size, seed, progress)
 
 
-def check_size(size: str) -> None:
+def check_size(size: str, seed: int = 1234) -> None:
     if size not in TOY_SIZES:
         raise UserError(f"--size {size!r}: use one of {', '.join(TOY_SIZES)}")
+    if int(seed) != seed or seed < 0:
+        raise UserError(f"--seed {seed}: use a non-negative integer (default 1234)")
 
 
 def _build_toy(out: Path, size: str, seed: int, progress: bool) -> Path:
@@ -354,7 +356,7 @@ def _build_toy(out: Path, size: str, seed: int, progress: bool) -> Path:
 def existing_toy(out: str | Path, size: str, seed: int = 1234, flag: str = "--out") -> Path | None:
     """``out`` if it holds the complete toy of this size and seed; None if there is no trajectory;
     else a one-line error naming what differs (``--size`` / ``--seed``) or that it is not a toy."""
-    check_size(size)
+    check_size(size, seed)
     out = Path(out)
     if not Trajectory.is_trajectory(out):
         return None

@@ -125,3 +125,30 @@ def test_a_second_fetch_into_the_same_data_cache_is_refused(env, hub, tmp_path):
         holder.kill()
         holder.wait()
     assert _fetch(env, 0, 1).rows == range(0, BATCH)  # the holder is gone: its lock is taken over
+
+
+def test_the_validation_callback_runs_before_a_range_is_recorded(env, hub, world):
+    """fetch_ranges(validate=...): called once the bytes are on disk and before fetched_ranges.json names
+    them; a failure (a reason, False, or ValueError) fetches the range once more, a second one refuses it."""
+    shards = sorted(n for n in world.data_files if n.endswith(".bin"))
+    name, rng = shards[1], (100, 5000)
+    seen = []
+
+    def flaky(file, start, end, path):
+        recorded = read_fetched(path.parent).get(file, [])
+        seen.append((file, start, end, path.read_bytes()[start:end] == world.data_files[file][start:end], recorded))
+        return False if len(seen) == 1 else None
+
+    got = fetch_ranges(DATA_REPO, {name: [rng]}, endpoint=env.endpoint, cache_dir=env.cache, progress=False,
+                       validate=flaky)
+    assert [(f, s, e, same, rec) for f, s, e, same, rec in seen] == [(name, 100, 5000, True, []), (name, 100, 5000, True, [])]
+    assert read_fetched(got.folder)[name] == [[100, 5000]]
+    assert len([r for r in hub.requests("GET", "/lfs-cdn/") if r["range"] == "bytes=100-4999"]) == 2  # fetched again
+
+    def always_bad(file, start, end, path):
+        raise ValueError("row 3 looks wrong")
+
+    with pytest.raises(CorruptRangeError, match=r"bytes 6000-6999 arrived damaged twice \(row 3 looks wrong\)"):
+        fetch_ranges(DATA_REPO, {name: [(6000, 7000)]}, endpoint=env.endpoint, cache_dir=env.cache, progress=False,
+                     validate=always_bad)
+    assert read_fetched(got.folder)[name] == [[100, 5000]]
