@@ -197,3 +197,20 @@ def test_the_handler_names_each_kind_of_environment_error():
     wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device", "/inner")
     assert "/inner" in environment_error_line(wrapped)
     assert environment_error_line(KeyError("a real bug")) is None  # bugs keep their traceback
+
+
+def test_what_to_do_about_a_damaged_file_depends_on_where_it_lives(tmp_path: Path):
+    from checkpoints_cache.corrupt import fix_hint
+
+    repo = tmp_path / "hub" / "models--EleutherAI--pythia-70m-deduped"
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "step1000").write_text("abc123")
+    assert "`branchpoint fetch EleutherAI/pythia-70m-deduped --step 1000`" in fix_hint(snap / "model.safetensors")
+    traj = tmp_path / "run"
+    (traj / "checkpoints" / "step8").mkdir(parents=True)
+    (traj / "trajectory.json").write_text("{}")
+    hint = fix_hint(traj / "checkpoints" / "step8" / "model.safetensors")
+    assert f"delete the step {traj / 'checkpoints' / 'step8'} (and {traj / 'optimizer' / 'step8'})" in hint
+    assert f"delete {traj / 'state'} and rerun with --resume" in fix_hint(traj / "state" / "optimizer.pt")
