@@ -49,9 +49,16 @@ class OutputLockedError(UserError):
         super().__init__(f"{path} is being written by another branchpoint process, {who}{what}; {hint}")
 
 
+INNER_LOCK = ".branchpoint.lock"
+
+
 def lock_path(path: str | os.PathLike) -> Path:
-    """The lock file of the output directory ``path``: ``<parent>/.<name>.lock``."""
+    """The lock file of the output directory ``path``: ``<parent>/.<name>.lock``, or
+    ``<path>/.branchpoint.lock`` when only the directory itself is writable (e.g. your folder in a
+    shared, read-only parent)."""
     p = Path(os.path.abspath(path))
+    if not os.access(p.parent, os.W_OK) and p.is_dir() and os.access(p, os.W_OK):
+        return p / INNER_LOCK
     return p.with_name(f".{p.name}{LOCK_SUFFIX}")
 
 
@@ -83,7 +90,7 @@ def _command() -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _acquire(lp: Path, hint: str) -> int:
+def _acquire(lp: Path, out: Path, hint: str) -> int:
     lp.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o666)
@@ -93,7 +100,7 @@ def _acquire(lp: Path, hint: str) -> int:
             os.close(fd)
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
-            raise OutputLockedError(lp.with_name(lp.name[1:-len(LOCK_SUFFIX)]), _read_holder(lp), hint) from None
+            raise OutputLockedError(out, _read_holder(lp), hint) from None
         # The previous holder may have removed the file between our open and our flock: then we
         # locked an orphaned inode and must start over on the file the path names now.
         try:
@@ -129,7 +136,7 @@ def output_lock(path: str | os.PathLike, hint: str = "wait for it to finish, or 
         if entry is not None:
             entry[1] += 1
         else:
-            _held[key] = [_acquire(lp, hint), 1]
+            _held[key] = [_acquire(lp, Path(path), hint), 1]
     try:
         yield Path(os.path.abspath(path))
     finally:

@@ -212,6 +212,12 @@ def clean_orphans(root: Path | None, siblings_of: Path | None = None) -> list[Pa
     return removed
 
 
+def has_content(path: Path) -> bool:
+    """Whether directory ``path`` holds anything besides an output lock (``locks.INNER_LOCK``)."""
+    path = Path(path)
+    return path.is_dir() and any(p.name != locks.INNER_LOCK for p in path.iterdir())
+
+
 def check_output_dir(out: Path, flag: str = "--out") -> None:
     """An output directory argument must be a directory or not exist yet; not a file, nor below one."""
     out = Path(out)

@@ -23,6 +23,7 @@ from checkpoints_cache.trajectory import (
     atomic_write_json,
     check_output_dir,
     clean_orphans,
+    has_content,
 )
 from resume.branch_definition import BranchDefinition, check_same_branch
 from resume.engine import (
@@ -306,9 +307,9 @@ def _branch_locked(
     if not check_only:
         if launch_rank() == 0 and out.is_dir() and not dry_run:
             clean_orphans(out)  # a killed run's temporaries (we hold the lock: nobody else writes here)
-        if out.exists() and any(out.iterdir()) and not resume:
+        if has_content(out) and not resume:
             raise UserError(f"output directory {out} already exists; pass --resume to continue it or choose another --out")
-        if resume and out.exists() and any(out.iterdir()) and not Trajectory.is_trajectory(out):
+        if resume and has_content(out) and not Trajectory.is_trajectory(out):
             raise UserError(f"--resume: {out} is not a branch trajectory directory")
         if resume and Trajectory.is_trajectory(out):
             earlier = Trajectory.open(out)

@@ -36,6 +36,7 @@ from checkpoints_cache.trajectory import (
     atomic_write_json,
     check_output_dir,
     clean_orphans,
+    has_content,
 )
 
 
@@ -269,7 +270,7 @@ def build_toy(out: str | Path, size: str = "small", seed: int = 1234, progress: 
     check_output_dir(out)
     with output_lock(out):  # one builder per toy; the build is atomic, so a killed one leaves only temporaries
         clean_orphans(None, siblings_of=out)  # the temporary folder of a killed build
-        if out.exists() and any(out.iterdir()):
+        if has_content(out):
             raise UserError(f"output directory {out} already exists; choose another --out or remove it")
         return _build_toy(out, size, seed, progress)
 

@@ -54,9 +54,9 @@ def treated_name(spec: str) -> str:
 
 def _is_demo_folder(out: Path) -> bool:
     """Whether ``out`` is new, empty, or was written by demo (the marker, or an earlier demo's layout)."""
-    from checkpoints_cache.trajectory import Trajectory
+    from checkpoints_cache.trajectory import Trajectory, has_content
 
-    if not out.exists() or not any(out.iterdir()):
+    if not has_content(out):
         return True
     if (out / MARKER).is_file():
         return True

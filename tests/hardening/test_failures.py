@@ -127,6 +127,24 @@ def test_read_only_filesystem_is_one_line(toy_tiny: Path, tmp_path: Path):
     assert "the file system is read-only" in line and str(mount / "sub") in line
 
 
+def test_an_output_folder_of_its_own_in_a_read_only_parent_is_locked_from_inside(toy_tiny: Path, tmp_path: Path):
+    """The lock file normally sits next to the output; where only the output folder is writable it goes inside."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare here: cannot build a read-only parent with a writable folder in it")
+    mount = tmp_path / "shared"
+    mount.mkdir()
+    script = ('mount -t tmpfs -o size=1m none "$1" || exit 97; mkdir "$1/mine"; mount -o remount,ro "$1" || exit 97; '
+              'mount -t tmpfs -o size=4m none "$1/mine" || exit 97; shift; "$@"; rc=$?; ls -a "$0"; exit $rc')
+    args = ["branch", str(toy_tiny), "--from-step", "16", "--steps", "2", "--no-compare", "--out", str(mount / "mine")]
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script, str(mount / "mine"), str(mount), sys.executable, "-m",
+                        "resume", *args], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    if r.returncode == 97 or "Operation not permitted" in r.stderr[:500]:
+        pytest.skip("no private mount namespace here (unshare -rm)")
+    assert r.returncode == 0, r.stderr[-3000:]
+    listing = r.stdout.split()
+    assert "trajectory.json" in listing and ".branchpoint.lock" not in listing  # released and removed
+
+
 # -- arguments that name an impossible place or device ---------------------------------------------------------
 def test_an_out_that_is_a_file_is_refused(small_branch: Path, tmp_path: Path, capsys):
     a_file = tmp_path / "a-file"
