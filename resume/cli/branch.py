@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="TRAJ", help="branch directory (default: branches/<run>-stepN-<name>-kK)")
     p.add_argument("--resume", action="store_true",
                    help="continue a killed branch from its last saved state; only with the same definition (RUN, "
-                   "--from-step, --steps, --intervention, --optimizer-state, recipe, precision), a complete one is left as is")
+                   "--from-step, --steps, --intervention, --optimizer-state, --numerics, recipe, precision), a complete one is left as is")
     p.add_argument("--micro-batch-size", type=int, default=None, metavar="b",
                    help="rows per forward pass per process (default: the parent's, else batch/world size)")
     p.add_argument("--save-every", type=int, default=50, metavar="S", help="save the resumable state every S updates")

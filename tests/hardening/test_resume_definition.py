@@ -38,6 +38,7 @@ def _copy(src: Path, tmp: Path) -> Path:
     (["--intervention", "lawa:k=2,every=4"], "its intervention is none, not lawa:every=4,k=2,mode=replace"),
     (["--optimizer-state", "fresh"], "its optimizer state is exact, not fresh"),
     (["--steps", "6"], "it runs from step 16 to 20, not 16 to 22"),
+    (["--numerics", "neox"], "it was trained with --numerics hf, not neox"),
 ])
 def test_resume_with_another_definition_is_refused(toy_tiny, done, tmp_path, capsys, extra, differs):
     out = _copy(done, tmp_path)
