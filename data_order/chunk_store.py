@@ -247,15 +247,15 @@ def convert_chunk(src: str | os.PathLike, dest: str | os.PathLike, *, row_len: i
                   provenance: dict[str, Any] | None = None, expected_rows: int | None = None,
                   progress: bool = True) -> ChunkStore:
     """Convert the JSON-lines file ``src`` into a token store at ``dest`` (written atomically)."""
-    from tqdm.auto import tqdm
+    from checkpoints_cache.progress import progress_bar
 
     src = Path(src)
     if not src.is_file():
         raise DataOrderError(f"chunk file {src} does not exist")
     dtype = token_dtype(vocab_size)
     conv = _Converter(src, int(row_len), token_field, label_field, dtype, vocab_size)
-    bar = tqdm(total=expected_rows, unit="rows", unit_scale=True, desc=f"convert {src.name}", disable=not progress,
-               file=sys.stderr)
+    bar = progress_bar(total=expected_rows, unit="rows", unit_scale=True, desc=f"convert {src.name}", enabled=progress,
+                       file=sys.stderr)
 
     def blocks() -> Iterator[np.ndarray]:
         for table in _arrow_blocks(src, token_field, label_field):
