@@ -44,8 +44,8 @@ def _order_key(order: dict[str, Any] | None) -> tuple | None:
     if not order:
         return None
     shape = (order.get("batch_size"), order.get("seq_len"))
-    if order.get("repo_id"):
-        return ("hub", order["repo_id"], order.get("revision", "main"), *shape)
+    if order.get("repo_id"):  # a release's order; chunk releases (LLM360) also name which order of the chunks
+        return ("hub", order["repo_id"], order.get("revision", "main"), order.get("order"), *shape)
     if order.get("path"):
         return ("local", os.path.realpath(order["path"]), *shape)
     return None
