@@ -87,6 +87,8 @@ def open_data(parent: ParentRun, first_batch: int, last_batch: int) -> Any:
 def batches_available(data: Any, first_batch: int, stop_batch: int) -> bool:
     from data_order.mmidx import NotFetchedError
 
+    if data is None:
+        return False
     if hasattr(data, "can_serve"):  # chunk releases: fetchable batches count (the plan fetches them)
         return data.can_serve(first_batch, stop_batch)
     if first_batch < 0 or stop_batch > data.num_batches:
@@ -178,8 +180,9 @@ def branch_context(parent: ParentRun, step: int, end: int, out: Path, data: Any)
         out_dir=out,
         row_domains=labels,
         domain_names=names,
-        take_rows=data.take,
-        num_rows=data.num_rows,
+        take_rows=None if data is None else data.take,
+        num_rows=None if data is None else data.num_rows,
+        parent_checkpoint=parent.checkpoint_dir,
         extra={"parent": parent.spec, "parent_trajectory": parent.trajectory},
     )
 
@@ -321,14 +324,19 @@ def _branch_locked(
             numerics = numerics or recorded.numerics
     numerics = numerics or default_numerics(run.neox_family)
     check_numerics(numerics, run.model_config.get("model_type"))
-    data = open_data(run, from_step, end)
+    # an intervention that trains on rows of its own (BiMix on a corpus) needs the parent's rows only to
+    # reestimate Adam's moments before N
+    own_rows = not iv.reads_parent_rows()
+    data = _data_if_any(run, from_step) if own_rows else open_data(run, from_step, end)
     mode, reason = choose_optimizer_mode(optimizer_state, run, from_step, data, iv)
     if mode == "reestimate":
         m = reestimate_count(run.recipe.betas[1], from_step)
-        data = open_data(run, from_step - m, end)
+        data = open_data(run, from_step - m, from_step if own_rows else end)
         reestimate = range(from_step - m, from_step)
     else:
         reestimate = None
+        if own_rows and hasattr(data, "can_serve"):
+            data = None  # nothing of a chunk release to fetch
     if micro_batch_size is not None and (micro_batch_size <= 0 or run.recipe.batch_size % micro_batch_size):
         raise UserError(
             f"--micro-batch-size {micro_batch_size} must divide the global batch {run.recipe.batch_size}"
@@ -346,8 +354,8 @@ def _branch_locked(
             return out, define()
         from resume.chunk_plan import prepare_chunk_data
 
-        data = prepare_chunk_data(run, from_step, end, reestimate, mode, step_name=step_name,
-                                  eval_batches=eval_batches, dry_run=dry_run, progress=progress)
+        data = prepare_chunk_data(run, from_step, from_step if own_rows else end, reestimate, mode,
+                                  step_name=step_name, eval_batches=eval_batches, dry_run=dry_run, progress=progress)
         if data is None:
             return None, define()
     elif dry_run:
@@ -527,3 +535,10 @@ def _recorded_order(order: dict[str, Any] | None, data: Any) -> dict[str, Any] |
                               "label_names": st.label_names}
                      for c, st in sorted(data.stores.items())}
     return out
+
+
+def _data_if_any(parent: ParentRun, step: int) -> Any:
+    try:
+        return open_data(parent, step, step)
+    except UserError:
+        return None

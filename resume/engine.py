@@ -217,6 +217,7 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
     world, rank = accelerator.num_processes, accelerator.process_index
     batch_size, seq_len = recipe.batch_size, recipe.seq_len
     micro = job.micro_batch_size or default_micro_batch(batch_size, world)
+    job.data = job.intervention.token_rows(job.data)  # a data intervention may add rows of its own corpus
     n_accum = accumulation_steps(batch_size, world, micro)
     main = accelerator.is_main_process
 
@@ -231,6 +232,7 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
         start = job.resume_from.next_update
     elif job.optimizer_state is not None:
         optimizer.load_state_dict(job.optimizer_state)
+    job.intervention.configure_optimizer(optimizer)  # e.g. another weight decay, after any loaded state
     model, optimizer = accelerator.prepare(model, optimizer)
     if job.resume_from is not None and accelerator.scaler is not None:
         scaler_state = job.resume_from.scaler_state()
@@ -335,6 +337,7 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
             "grad_norm": None if grad_norm is None else float(grad_norm),
             "tokens": step * batch_size * seq_len,
             "batch_rows": _rows_hash(all_seen),
+            **job.intervention.metrics(step),
         }
         if scaler is not None:
             row["skipped"] = bool(skipped)

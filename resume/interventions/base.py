@@ -7,6 +7,10 @@ The engine (``resume.engine``) calls these hooks, in this order, on every proces
    is what the branch saves as its own ``checkpoints/stepN``.
 3. ``fresh_optimizer()``: True if the branch must start from a zero optimizer state no matter
    what ``--optimizer-state`` says (e.g. after a shape change).
+   ``configure_optimizer(optimizer)``: once the optimizer is built and its state loaded (e.g. a
+   weight decay other than the parent's; Gstack's decay on every tensor).
+   ``token_rows(parent_rows)``: the rows the branch reads (default: the parent's data order; a data
+   intervention may return a source that also holds rows of its own corpus, after the parent's).
 4. For every update ``n`` (the number of updates before this one, counted from the parent's step 0;
    the update produces checkpoint step ``n + 1``):
    - ``batch_row_indices(k, default)``: the data rows of global batch ``k = n`` (default: the
@@ -14,13 +18,15 @@ The engine (``resume.engine``) calls these hooks, in this order, on every proces
    - ``lr(n, parent_lr)``: the learning rate of this update (default: the parent's schedule).
    - ``after_step(model, step)``: after the optimizer update that reached ``step`` (may change the
      training weights in place, e.g. LAWA replace, or update a shadow, e.g. an EMA).
+   - ``metrics(step) -> dict``: extra columns merged into that step's ``metrics.jsonl`` row.
 5. ``extra_weights(model, step)`` whenever the engine saves ``checkpoints/stepS``: a mapping
    ``{"averaged": state_dict}`` written to ``checkpoints/stepS/averaged/`` in save_pretrained format.
 6. ``state_dict()`` / ``load_state_dict()``: saved with the resumable state so that ``--resume``
    continues exactly.
 
-``model`` is always the unwrapped ``transformers`` model (never the DDP wrapper). Hooks must act the
-same on every process (they see the same weights). Checkpoint snapshots (LAWA) live off the
+``model`` is always the unwrapped ``transformers`` model (never the DDP wrapper). Hooks are called
+on every process and must leave the same training weights everywhere; copies an intervention keeps
+(LAWA's snapshots, the EMA) are held by the main process only (``weights.is_main_process``). Checkpoint snapshots (LAWA) live off the
 accelerator; a running shadow such as an EMA may stay where the weights are (copying it to the CPU
 every step would cost more than the step on a GPU; ``benchmarks/RESULTS.md``).
 """
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -52,6 +58,9 @@ class BranchContext:
     # Reads rows of the data order: take_rows(indices) -> int array [len(indices), seq_len + 1].
     take_rows: Any = None
     num_rows: int | None = None
+    # The parent's checkpoint at a step, as a local folder in save_pretrained format (a released
+    # parent fetches it into the HF cache): parent_checkpoint(step) -> Path; UserError if it has none.
+    parent_checkpoint: Callable[[int], Path] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,6 +68,8 @@ class Intervention:
     """Base class: every hook is a no-op, so a subclass overrides only what it changes."""
 
     name: ClassVar[str] = "none"
+    # One paragraph for --help and the README: what it does relative to the paper / official code.
+    SUMMARY: ClassVar[str] = ""
 
     def __init__(self, **params: Any):
         self.params: dict[str, Any] = dict(params)
@@ -76,6 +87,16 @@ class Intervention:
     def fresh_optimizer(self) -> bool:
         return False
 
+    def configure_optimizer(self, optimizer: Any) -> None:
+        return None
+
+    def reads_parent_rows(self) -> bool:
+        """False when the branch trains on rows of its own (the parent's data order is then optional)."""
+        return True
+
+    def token_rows(self, parent_rows: Any) -> Any:
+        return parent_rows
+
     def batch_row_indices(self, k: int, default: np.ndarray) -> np.ndarray:
         return default
 
@@ -84,6 +105,9 @@ class Intervention:
 
     def after_step(self, model: Any, step: int) -> None:
         return None
+
+    def metrics(self, step: int) -> dict[str, Any]:
+        return {}
 
     def extra_weights(self, model: Any, step: int) -> dict[str, dict[str, Any]]:
         return {}
@@ -99,3 +123,4 @@ class Control(Intervention):
     """``none``: the control branch; must reproduce the parent exactly."""
 
     name = "none"
+    SUMMARY = "none: the control branch: the parent's recipe and rows, nothing changed; must reproduce the parent exactly."
