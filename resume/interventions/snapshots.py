@@ -1,0 +1,130 @@
+"""LAWA's window: the latest k raw-weight snapshots, held once, written once.
+
+Held by the main process only (the other ranks of a DDP run hold none: their weights are the
+same). Every snapshot is written once, as ``<root>/step{S}.safetensors``, when it is taken; the
+resumable state refers to those files by name instead of carrying the tensors (before, every save
+rewrote all k snapshots). With ``store="host"`` the main process also keeps the k snapshots in
+memory (fast averages); with ``store="disk"`` nothing stays in memory and an average streams the
+files tensor by tensor (``weights.uniform_mean_of_files``; the same arithmetic, bit for bit).
+
+Without a root directory (an intervention used on its own, outside a branch) the window lives in
+memory and the state carries the tensors.
+
+Files that left the window are deleted once no saved state can still refer to them (the two
+latest ``state()`` calls: the rolling state on disk is the latest one or, if writing it was
+interrupted, the one before).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+from .weights import Weights, is_main_process, load_weights, nbytes, save_weights, uniform_mean, uniform_mean_of_files
+
+STORES = ("disk", "host")
+
+
+def snapshot_name(step: int) -> str:
+    return f"step{step}.safetensors"
+
+
+class SnapshotWindow:
+    def __init__(self, k: int, root: Path | None, store: str = "disk"):
+        if store not in STORES:
+            raise ValueError(f"store {store!r}: use one of {STORES}")
+        self.k = int(k)
+        self.root = None if root is None else Path(root)
+        self.store = store
+        self.steps: deque[int] = deque()
+        self.memory: dict[int, Weights] = {}  # step -> weights, on the main process (host store, or no root)
+        self.main = is_main_process()
+        self._referenced: deque[set[int]] = deque(maxlen=2)
+
+    # -- what is held -------------------------------------------------------------------------------
+    @property
+    def in_memory(self) -> bool:
+        return self.root is None or self.store == "host"
+
+    def path(self, step: int) -> Path:
+        assert self.root is not None
+        return self.root / snapshot_name(step)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def held_bytes(self) -> int:
+        """Bytes of snapshot tensors this process holds in memory."""
+        return sum(nbytes(w) for w in self.memory.values())
+
+    # -- adding -------------------------------------------------------------------------------------
+    def add(self, step: int, take: Callable[[], Weights]) -> None:
+        """Take the snapshot of ``step`` (``take()`` is called on the main process only)."""
+        if self.steps and step <= self.steps[-1]:
+            if step == self.steps[-1]:
+                return
+            raise ValueError(f"snapshot steps must increase: {step} after {self.steps[-1]}")
+        self.steps.append(step)
+        if self.main:
+            weights = take()
+            if self.root is not None:
+                save_weights(self.path(step), weights)
+            if self.in_memory:
+                self.memory[step] = weights
+        while len(self.steps) > self.k:
+            old = self.steps.popleft()
+            self.memory.pop(old, None)
+        self._prune()
+
+    # -- the average ---------------------------------------------------------------------------------
+    def mean(self) -> Weights:
+        """Uniform mean of the window in step order (main process only)."""
+        if not self.steps:
+            raise ValueError("the LAWA window is empty")
+        if self.in_memory:
+            for s in self.steps:
+                if s not in self.memory:  # after a resume: read the file once
+                    self.memory[s] = load_weights(self.path(s))
+            return uniform_mean(self.memory[s] for s in self.steps)
+        return uniform_mean_of_files([self.path(s) for s in self.steps])
+
+    def snapshots(self) -> list[tuple[int, Weights]]:
+        """(step, weights) of the window, loaded where they are on disk (for inspection and tests)."""
+        return [(s, self.memory[s] if s in self.memory else load_weights(self.path(s))) for s in self.steps]
+
+    # -- resumable state -----------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        if self.root is None:
+            return {"snapshots": [(s, self.memory[s]) for s in self.steps]}
+        self._referenced.append(set(self.steps))
+        self._prune()
+        return {"snapshot_files": [(s, snapshot_name(s)) for s in self.steps]}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.steps.clear()
+        self.memory.clear()
+        if "snapshot_files" in state and self.root is not None:
+            for step, _ in state["snapshot_files"]:
+                self.steps.append(int(step))
+            self._referenced.append(set(self.steps))
+        for step, weights in state.get("snapshots", []):  # in-memory windows (and states of older versions)
+            self.steps.append(int(step))
+            if self.main:
+                self.memory[int(step)] = {n: t.to("cpu") for n, t in weights.items()}
+                if self.root is not None:
+                    save_weights(self.path(int(step)), self.memory[int(step)])
+        while len(self.steps) > self.k:
+            self.memory.pop(self.steps.popleft(), None)
+        if not self.in_memory:
+            self.memory.clear()
+
+    def _prune(self) -> None:
+        """Delete snapshot files no longer in the window nor named by a recent saved state."""
+        if self.root is None or not self.main or not self.root.is_dir():
+            return
+        keep = set(self.steps).union(*self._referenced) if self._referenced else set(self.steps)
+        for f in self.root.glob("step*.safetensors"):
+            step = f.name[len("step"):-len(".safetensors")]
+            if step.isdigit() and int(step) not in keep:
+                f.unlink(missing_ok=True)
