@@ -10,7 +10,7 @@ import torch
 
 from resume.interventions.anytime import Anytime, anytime_lr, ema_beta
 
-from .conftest import assert_identical, context, run_branch, tiny_neox, weights
+from .conftest import assert_identical, context, run_branch, tiny_neox, weights  # noqa: F401
 
 # Hand values: lr = 1e-3, W = 100, alpha = 1000.
 LR, W, ALPHA = 1e-3, 100, 1000.0
@@ -36,11 +36,37 @@ def test_schedule_values(schedule, t, expected):
 
 @pytest.mark.parametrize(
     "t, expected",
-    [(200, 1e-3), (250, 5.5e-4), (299, 1e-3 * (1 - 0.9 * 99 / 100)), (300, 1e-4)],
+    [(200, 1e-3), (250, 1e-3 * (1 - 0.9 * 50 / 99)), (298, 1e-3 * (1 - 0.9 * 98 / 99)), (299, 1e-4)],
 )
-def test_wsd_cooldown_is_linear_from_lr_at_the_branch_to_a_tenth_at_the_end(t, expected):
-    # branch N=200, K=100: lr·(1 − 0.9·(t − N)/K); the last update (t=299) is one step short of 0.1·lr
+def test_wsd_cooldown_is_linear_from_lr_on_the_first_update_to_a_tenth_on_the_last(t, expected):
+    # branch N=200, K=100: the official LinearDecay evaluated at t+1 = 201..300 with t_start 201, t_max 300
     assert anytime_lr("wsd", t, LR, W, ALPHA, branch_step=200, end_step=300) == pytest.approx(expected, rel=1e-12)
+    assert anytime_lr("wsd", 299, LR, W, ALPHA, branch_step=200, end_step=300) == LR * 0.1  # exactly
+    assert anytime_lr("wsd", 200, LR, W, ALPHA, branch_step=200, end_step=201) == LR * 0.1  # K = 1: eta_min
+
+
+def test_rewarm_goes_linearly_from_the_parents_lr_to_the_schedule():
+    from resume.interventions.anytime import rewarmed_lr
+
+    # parent LR at N = 2e-4, schedule 1e-3, R = 4: 2e-4, 4e-4, 6e-4, 8e-4, then the schedule
+    got = [rewarmed_lr(1e-3, t, 100, 4, 2e-4) for t in range(100, 106)]
+    assert got == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4, 1e-3, 1e-3], rel=1e-12)
+    assert rewarmed_lr(1e-3, 100, 100, 0, 2e-4) == 1e-3  # rewarm=0: the jump
+    iv = Anytime()
+    iv.setup(context(branch_step=500, end_step=700, warmup_iters=100))
+    assert iv.params["rewarm"] == 20  # min(parent warmup 100, ceil(200 / 10))
+    assert iv.lr(500, parent_lr=0.0) == pytest.approx(iv.parent_lr_at_branch, rel=1e-12)  # continuous at N
+    assert iv.lr(520, parent_lr=0.0) == pytest.approx(iv.params["lr"], rel=1e-12)
+
+
+def test_the_emas_start_is_recorded_with_its_weight_at_the_end():
+    iv = Anytime(ema=25)
+    iv.setup(context(branch_step=64_000, end_step=66_000))
+    resolved = iv.describe()["resolved"]
+    assert resolved["ema_start_step"] == 64_000
+    weight = math.prod(0.5 ** (25 / (s + 1)) for s in range(64_001, 66_001))  # the betas of updates reaching S
+    assert resolved["ema_weight_on_start_at_end"] == pytest.approx(weight, rel=1e-9)
+    assert round(weight, 2) == 0.59  # the figure
 
 
 def test_ema_beta_values():
@@ -92,17 +118,38 @@ def test_ema_on_saved_checkpoints(ema_branches):
 
 
 def test_branch_lr_follows_the_schedule_and_defaults_come_from_the_parent(ema_branches, toy):
+    from resume.schedule import lr_at
+    from checkpoints_cache.recipe import Recipe
+
     parent = json.loads((toy / "trajectory.json").read_text())["recipe"]
     meta = json.loads((ema_branches["inv25"] / "trajectory.json").read_text())
     params = meta["intervention"]["params"]
     assert params["lr"] == parent["lr"] and params["warmup"] == parent["warmup_iters"]
     assert params["alpha"] == pytest.approx(51200 / 5000 * parent["warmup_iters"])
+    assert params["wd"] == parent["weight_decay"]
+    assert params["rewarm"] == min(parent["warmup_iters"], math.ceil(16 / 10)) == 1
+    p = lr_at(Recipe.from_dict(parent), 32)
     rows = [json.loads(line) for line in (ema_branches["inv25"] / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:
+    assert rows[0]["lr"] == pytest.approx(p, rel=1e-12)  # the first update: the parent's LR at N (re-warmup)
+    for row in rows[1:]:
         t = row["step"] - 1  # updates before this one
         assert row["lr"] == pytest.approx(
             params["lr"] * math.sqrt(params["alpha"] / (t - params["warmup"] + params["alpha"])), rel=1e-12
         )
+
+
+def test_wsd_branch_ends_exactly_at_a_tenth_and_wd0_reaches_the_optimizer(toy, tmp_path):
+    out = run_branch(toy, tmp_path / "wsd", "anytime:schedule=wsd,rewarm=0,wd=0", steps=16)
+    meta = json.loads((out / "trajectory.json").read_text())
+    lr = meta["intervention"]["params"]["lr"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["lr"] == lr and rows[-1]["lr"] == lr * 0.1  # the official LinearDecay's end value, exactly
+    for i, row in enumerate(rows):
+        assert row["lr"] == pytest.approx(lr * (1 - 0.9 * i / 15), rel=1e-12)
+    opt = torch.load(out / "optimizer" / "step48" / "optimizer.pt", weights_only=True)
+    assert [g["weight_decay"] for g in opt["param_groups"]] == [0.0, 0.0]
+    parent_opt = torch.load(toy / "optimizer" / "step48" / "optimizer.pt", weights_only=True)
+    assert [g["weight_decay"] for g in parent_opt["param_groups"]] == [0.1, 0.0]
 
 
 def test_training_uses_the_raw_iterate(ema_branches):
