@@ -18,8 +18,13 @@ examples:
   branchpoint gstack-plan --target-params 7B --tokens 2T          # Llama2-7B: grow at d = 11.11B tokens
   branchpoint gstack-plan --target-params 410M --budget-flops 1e21 --tokens-per-step 2097152
 
+  branchpoint gstack-plan --target-params 7B --tokens 2T --embedding-params 262M   # also the base model's size
+
 Numbers take K/M/B/T suffixes (thousand .. trillion) or scientific notation. The paper fixes g = 4
 (optimal 2-4); whether N counts embedding parameters is not stated by the paper (methods.md §3.3).
+The base model has 1/g of the grown model's layers, hence 1/g of its non-embedding parameters; its
+embeddings, final norm and head are as large as the grown model's. With --embedding-params E (input
+embedding + LM head) the plan prints the base model's size, (N - E)/g + E.
 """
 
 SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
@@ -57,6 +62,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     budget.add_argument("--tokens", metavar="D", help="training tokens of the grown model; C = 6·N·D")
     p.add_argument("--g", type=int, default=4, metavar="G", help="growth factor (default 4, the paper's choice)")
     p.add_argument("--tokens-per-step", metavar="T", help="also print d in optimizer steps (Pythia: 2097152)")
+    p.add_argument("--embedding-params", metavar="E",
+                   help="embedding + LM-head parameters of the grown model, counted in N: also print the base size")
     p.set_defaults(func=run)
 
 
@@ -79,9 +86,19 @@ def run(args: argparse.Namespace) -> int:
     d = growth_tokens(n, c)
     print(f"target N = {human(n)} parameters, {budget}")
     print(f"grow at d = {human(d)} tokens   [log10 d = 0.88·log10 N + 163.27/log10 C - 5.74]")
-    print(f"plan: train a base model with 1/{args.g} of the layers (non-embedding parameters N/g = {human(n / args.g)}) "
-          "on d tokens,")
-    print(f"      stack its layers {args.g} times (gstack:g={args.g}), train the grown model on the remaining "
+    print(f"plan: train a base model with 1/{args.g} of the grown model's layers on d tokens: 1/{args.g} of its "
+          "non-embedding parameters,")
+    print("      with embeddings, final norm and head of full size;")
+    if args.embedding_params:
+        e = parse_amount(args.embedding_params, "--embedding-params")
+        if e >= n:
+            raise UserError(f"--embedding-params {args.embedding_params} is not below --target-params {args.target_params}")
+        print(f"      base model: (N - E)/g + E = {human((n - e) / args.g + e)} parameters "
+              f"({human((n - e) / args.g)} non-embedding, E = {human(e)})")
+    else:
+        print(f"      base model: (N - E)/{args.g} + E parameters for E embedding + head parameters in N "
+              "(give --embedding-params E to compute it)")
+    print(f"      then stack its layers {args.g} times (gstack:g={args.g}) and train the grown model on the remaining "
           f"{human(max(d_total - d, 0.0))} tokens")
     if d > d_total:
         print("note: d exceeds the whole budget D; the guideline is outside the range the paper fitted")

@@ -15,13 +15,21 @@ with i = n − N updates into the branch, K = the branch length and W the warmup
     lr = min + ½(peak − min)(1 + cos(π·(i − W)/(K − W)))  otherwise.
 Data continues at global batch N; nothing is replayed.
 
+Noise (``noise=α``, default 0; paper App. I.2 as quoted in issue #12, §5.2: α = 0.2 was slightly better, more was worse):
+every matrix of the grown model, embeddings and LM head included, becomes W ← (1 − α)·W + α·ε with
+ε ~ N(0, σ²), ``noise_var=small`` σ² = 2/(5d) (small_init) or ``noise_var=depth`` σ² = 1/(d·l²), d the
+hidden size and l the grown model's number of layers (the paper names l without saying which
+model's; we read it as the grown one), drawn from a generator seeded with ``seed`` (default: the
+parent's seed). Biases and norms (1-D tensors) stay exact.
+
+Optimizer after growth (``decay=``): ``all`` (default) decays every tensor, as the official code's
+``AdamW(model.parameters(), weight_decay=…)``; ``matrices`` keeps the parent's recipe of no decay on
+biases and norms.
+
 Choices where the paper is silent (recorded in ``describe()``):
 - peak/min LR default to the parent's lr/min_lr (the paper used 3e-4 → 3e-5 for the grown 1.1B);
 - warmup defaults to min(parent warmup, ceil(K/10)) so a short branch is not all warmup (the paper
-  used 3000 steps of a ~50k-step run);
-- ``noise`` (default 0; §5.2: 20 % was slightly better, more was worse) adds Gaussian noise with
-  standard deviation ``noise × std(W)`` to every matrix (≥ 2-D tensor) of every stacked block,
-  from a generator seeded with ``seed`` (default: the parent's seed); biases and norms stay exact.
+  used 3000 steps of a ~50k-step run).
 
 The grown model has a different shape, so parameter distance to the parent is undefined; compare
 with function metrics only (loss, KL, agreement).
@@ -74,28 +82,59 @@ def source_key(key: str, prefix: str, num_layers: int) -> tuple[str, int | None]
     return f"{prefix}{layer % num_layers}.{rest}", layer
 
 
+NOISE_VARIANCES = ("small", "depth")
+
+
+def noise_std(variance: str, hidden: int, layers: int) -> float:
+    """σ of the App. I.2 noise: sqrt(2/(5d)) (``small``) or sqrt(1/(d·l²)) (``depth``)."""
+    if variance == "small":
+        return math.sqrt(2.0 / (5.0 * hidden))
+    if variance == "depth":
+        return math.sqrt(1.0 / (hidden * layers ** 2))
+    raise ValueError(f"unknown noise variance {variance!r}; use one of {NOISE_VARIANCES}")
+
+
 @torch.no_grad()
-def grow_depthwise(model: torch.nn.Module, g: int, noise: float = 0.0, seed: int = 0) -> torch.nn.Module:
-    """The stacked model: layer i of the result is a copy of layer i mod L of ``model``."""
+def perturb_matrices_(model: torch.nn.Module, alpha: float, std: float, seed: int) -> None:
+    """W ← (1 − α)·W + α·ε, ε ~ N(0, std²), on every ≥ 2-D parameter (tied ones once), in
+    ``named_parameters`` order from a generator seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(int(seed))
+    for _, p in model.named_parameters():
+        if p.dim() >= 2:
+            eps = torch.randn(p.shape, generator=generator, dtype=torch.float32) * std
+            p.mul_(1.0 - alpha).add_(eps.to(p.dtype), alpha=alpha)
+
+
+@torch.no_grad()
+def grow_depthwise(model: torch.nn.Module, g: int, noise: float = 0.0, seed: int = 0,
+                   noise_var: str = "small") -> torch.nn.Module:
+    """The stacked model: layer i of the result is a copy of layer i mod L of ``model``, then the
+    App. I.2 noise on every matrix when ``noise`` > 0."""
     prefix = layer_prefix(model)
     num_layers = int(model.config.num_hidden_layers)
     config = grown_config(model.config, g)
     grown = type(model)(config).to(device="cpu", dtype=torch.float32)
     small = model.state_dict()
-    generator = torch.Generator().manual_seed(int(seed))
     new_state = {}
     for key, target in grown.state_dict().items():
-        src, layer = source_key(key, prefix, num_layers)
+        src, _ = source_key(key, prefix, num_layers)
         if src not in small:
             raise UserError(f"gstack cannot map {key!r}: the loaded model has no {src!r}")
         value = small[src].detach().to("cpu", torch.float32).clone()
         if value.shape != target.shape:
             raise UserError(f"gstack shape mismatch for {key!r}: {tuple(value.shape)} vs {tuple(target.shape)}")
-        if noise > 0 and layer is not None and value.dim() >= 2:
-            value += noise * value.std() * torch.randn(value.shape, generator=generator)
         new_state[key] = value
     grown.load_state_dict(new_state, strict=True)
+    if noise > 0:
+        std = noise_std(noise_var, int(config.hidden_size), int(config.num_hidden_layers))
+        perturb_matrices_(grown, noise, std, seed)
     return grown
+
+
+def decay_every_tensor(optimizer: Any, weight_decay: float) -> None:
+    """The official code's ``AdamW(model.parameters())``: the same weight decay on every group."""
+    for group in optimizer.param_groups:
+        group["weight_decay"] = float(weight_decay)
 
 
 def restarted_cosine_lr(i: int, length: int, warmup: int, peak: float, floor: float) -> float:
@@ -108,13 +147,28 @@ def restarted_cosine_lr(i: int, length: int, warmup: int, peak: float, floor: fl
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * ratio))
 
 
+SUMMARY = (
+    "gstack: the paper's depthwise G_stack at the branch step (layers [0..L-1] repeated g times, block norms "
+    "with their blocks, embeddings, final norm and head copied), a fresh AdamW decaying every tensor as the "
+    "official code (decay=matrices keeps the parent's no-decay groups) and a restarted warmup + cosine, data "
+    "continuing at batch N. noise=a is App. I.2: W <- (1-a)W + a*eps on every matrix, embeddings included, "
+    "eps ~ N(0, 2/(5d)) or N(0, 1/(d l^2)) (noise_var=small|depth), seeded. Silent in the paper, chosen here: "
+    "peak/min LR = the parent's, warmup = min(parent warmup, K/10)."
+)
+
+
 class Gstack(DeclaredIntervention):
     name = "gstack"
+    SUMMARY = SUMMARY
     PARAMS = (
         Param("g", int, 4, "growth factor: layers [0..L-1] stacked g times (paper: g=4)", min=1, max=64),
-        Param("noise", float, 0.0, "relative Gaussian noise on stacked block matrices (paper §5.2: 0.2)",
+        Param("noise", float, 0.0, "App. I.2 noise weight α: W ← (1−α)W + α·ε on every matrix (paper §5.2: 0.2)",
               min=0.0, max=1.0),
+        Param("noise_var", str, "small", "variance of ε: small = 2/(5d), depth = 1/(d·l²) (l: grown layers)",
+              choices=NOISE_VARIANCES),
         Param("seed", int, PARENT, "noise seed (default: the parent's seed)", min=0),
+        Param("decay", str, "all", "weight decay after growth on all tensors (the official code) or matrices only "
+              "(the parent's groups)", choices=("all", "matrices")),
         Param("lr", float, PARENT, "peak LR of the restarted schedule (default: the parent's peak)",
               min=0.0, min_exclusive=True),
         Param("min_lr", float, PARENT, "cosine floor (default: the parent's min_lr)", min=0.0),
@@ -135,12 +189,18 @@ class Gstack(DeclaredIntervention):
             p["warmup"] = min(int(ctx.recipe.warmup_iters), math.ceil(length / 10))
         if p["min_lr"] > p["lr"]:
             raise UserError(f"gstack min_lr={p['min_lr']} is above lr={p['lr']}; pass min_lr <= lr")
+        self.weight_decay = float(ctx.recipe.weight_decay)
 
     def on_load(self, model: Any, ctx: BranchContext) -> Any:
-        return grow_depthwise(model, self.params["g"], self.params["noise"], self.params["seed"])
+        p = self.params
+        return grow_depthwise(model, p["g"], p["noise"], p["seed"], p["noise_var"])
 
     def fresh_optimizer(self) -> bool:
         return True  # new shapes; the official code starts a fresh AdamW after growth
+
+    def configure_optimizer(self, optimizer: Any) -> None:
+        if self.params["decay"] == "all":
+            decay_every_tensor(optimizer, self.weight_decay)
 
     def lr(self, n: int, parent_lr: float) -> float:
         p = self.params

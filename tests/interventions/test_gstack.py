@@ -75,20 +75,35 @@ def test_tied_llama_stays_tied_and_grown_model_runs():
     assert out.shape == (1, 4, 128) and torch.isfinite(out).all()
 
 
-def test_noise_is_relative_seeded_and_only_on_block_matrices():
-    small = tiny_neox(layers=2)
-    a = grow_depthwise(small, 2, noise=0.2, seed=7)
-    b = grow_depthwise(small, 2, noise=0.2, seed=7)
-    c = grow_depthwise(small, 2, noise=0.2, seed=8)
-    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
-    src = small.state_dict()
-    key = "gpt_neox.layers.2.attention.query_key_value.weight"
-    assert torch.equal(sa[key], sb[key]) and not torch.equal(sa[key], sc[key])
-    base = src["gpt_neox.layers.0.attention.query_key_value.weight"]
-    rel = (sa[key] - base).std() / base.std()
-    assert 0.17 < float(rel) < 0.23  # noise std = 0.2 × the tensor's std
-    assert torch.equal(sa["gpt_neox.layers.2.input_layernorm.weight"], src["gpt_neox.layers.0.input_layernorm.weight"])
-    assert torch.equal(sa["gpt_neox.embed_in.weight"], src["gpt_neox.embed_in.weight"])
+@pytest.mark.parametrize("variance, expected", [("small", 2 / (5 * 32)), ("depth", 1 / (32 * 4 ** 2))])
+def test_noise_is_the_papers_mix_with_the_stated_variance_on_every_matrix(variance, expected):
+    small = tiny_neox(layers=2)  # d = 32; grown to l = 4 layers
+    clean = grow_depthwise(small, 2).state_dict()
+    a = grow_depthwise(small, 2, noise=0.2, seed=7, noise_var=variance).state_dict()
+    b = grow_depthwise(small, 2, noise=0.2, seed=7, noise_var=variance).state_dict()
+    c = grow_depthwise(small, 2, noise=0.2, seed=8, noise_var=variance).state_dict()
+    matrices = [k for k, v in clean.items() if v.dim() >= 2 and not k.endswith("masked_bias")]
+    assert "gpt_neox.embed_in.weight" in matrices and "lm_head.weight" in matrices
+    # ε = (W' − 0.8·W) / 0.2 on every matrix, embeddings and head included: N(0, σ²) with the paper's σ²
+    eps = torch.cat([((a[k] - 0.8 * clean[k]) / 0.2).flatten() for k in matrices])
+    assert eps.numel() > 40_000
+    assert float(eps.var()) == pytest.approx(expected, rel=0.03)  # sampling error of the variance ~0.7 %
+    assert abs(float(eps.mean())) < 4 * math.sqrt(expected / eps.numel())
+    for k in ("gpt_neox.embed_in.weight", "lm_head.weight", "gpt_neox.layers.3.mlp.dense_h_to_4h.weight"):
+        assert not torch.equal(a[k], clean[k]), k  # perturbed
+    for k, v in clean.items():
+        if v.dim() < 2:  # biases and norms: exact copies
+            assert torch.equal(a[k], v), k
+    assert all(torch.equal(a[k], b[k]) for k in matrices)  # seeded
+    assert not torch.equal(a["gpt_neox.embed_in.weight"], c["gpt_neox.embed_in.weight"])
+    # stacked copies get their own noise: layer 2 is no longer equal to layer 0
+    key = "attention.query_key_value.weight"
+    assert not torch.equal(a[f"gpt_neox.layers.2.{key}"], a[f"gpt_neox.layers.0.{key}"])
+
+
+def test_noise_on_a_tied_embedding_is_drawn_once_and_stays_tied():
+    grown = grow_depthwise(tiny_llama(layers=2, tie=True), 2, noise=0.2, seed=1)
+    assert grown.lm_head.weight.data_ptr() == grown.model.embed_tokens.weight.data_ptr()
 
 
 def test_unsupported_architecture_is_a_user_error():
@@ -137,3 +152,12 @@ def test_gstack_branch_on_the_toy(toy, tmp_path):
     warmup = meta["intervention"]["params"]["warmup"]
     assert warmup == min(json.loads((toy / "trajectory.json").read_text())["recipe"]["warmup_iters"], math.ceil(4 / 10))
     assert all(math.isfinite(r["loss"]) for r in rows)
+    # decay=all (default, the official AdamW(model.parameters())): every group decays at the parent's 0.1
+    opt = torch.load(out / "optimizer" / "step36" / "optimizer.pt", weights_only=True)
+    assert [g["weight_decay"] for g in opt["param_groups"]] == [0.1, 0.1]
+
+
+def test_gstack_decay_matrices_keeps_the_parents_groups(toy, tmp_path):
+    out = run_branch(toy, tmp_path / "gstack", "gstack:g=2,decay=matrices", steps=1)
+    opt = torch.load(out / "optimizer" / "step33" / "optimizer.pt", weights_only=True)
+    assert [g["weight_decay"] for g in opt["param_groups"]] == [0.1, 0.0]

@@ -16,6 +16,15 @@ def test_readme_llama_examples(capsys, params, tokens, d):
     assert f"grow at d = {d} tokens" in capsys.readouterr().out
 
 
+def test_plan_wording_counts_the_base_model_with_its_embeddings(capsys):
+    assert main(["gstack-plan", "--target-params", "7B", "--tokens", "2T"]) == 0
+    out = capsys.readouterr().out
+    assert "non-embedding parameters N/g" not in out  # N is a total: N/g is not the base model's non-embedding count
+    assert "1/4 of its non-embedding parameters" in out
+    assert main(["gstack-plan", "--target-params", "7B", "--tokens", "2T", "--embedding-params", "1B"]) == 0
+    assert "base model: (N - E)/g + E = 2.50B parameters (1.50B non-embedding, E = 1.00B)" in capsys.readouterr().out
+
+
 def test_budget_flops_equals_tokens_form(capsys):
     assert main(["gstack-plan", "--target-params", "7e9", "--budget-flops", "8.4e22", "--tokens-per-step", "2097152"]) == 0
     out = capsys.readouterr().out
