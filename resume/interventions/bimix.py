@@ -1,21 +1,37 @@
 """BiMix entropy-driven data mixtures (Ge et al., arXiv 2405.14908 §4.2), ``bimix:entropy=…``.
 
-For a data order whose rows carry domain labels (the toy corpus, Amber's ``source``, a user's
-labelled data), each domain's entropy H_i is estimated from token counts on a deterministic sample
-of its rows *after* the branch point (rows >= N·B):
+Where the rows come from:
 
-- ``conditional`` (CE, the paper's best): H(X_{t+1} | X_t) = −Σ P(x, x')·log P(x' | x) from bigram
-  counts within rows, in nats;
-- ``shannon`` (SE): unigram entropy −Σ P(x)·log P(x), in nats.
+- **A labelled corpus** (``source=PATH_OR_DATASET,domain_column=NAME,text_column=|token_column=…``):
+  read with ``datasets`` (local parquet/jsonl/json/arrow/csv, a ``save_to_disk`` folder, or a Hub
+  dataset through the datasets cache), tokenized with the parent's tokenizer (``text_column``; an
+  end-of-text token after every document, as Pythia's data) or taken as token ids
+  (``token_column``, e.g. Amber's ``token_ids`` with ``domain_column=source``), packed *within
+  each domain* into rows of seq_len + 1 tokens and cached as an MMIDIDX dataset with one label per
+  row (``data_order/labelled.py``; a second branch from it reads the cache). The branch trains on
+  these rows instead of the parent's; the parent's data order is not needed (it is used to rebuild
+  Adam's moments where it is on disk).
+- **The parent's own rows**, when its data order carries per-row labels (``domains.labels``: the
+  toy corpus; Amber's ``source`` once stored there): the rows after the branch point (rows ≥ N·B,
+  the held-out batches excluded).
 
-Proportions r_i = softmax(H)_i = e^{H_i} / Σ_j e^{H_j} (Eqs. 12–13). Every global batch k >= N then
-holds c_i rows of domain i, where the integer counts c_i are r·B rounded by largest remainder (ties
-to the lower domain id) so they sum to B: the batch size is kept. Domain i's rows are read in data
-order from a cursor at (k − N)·c_i into its list of rows >= N·B (held-out batches, where the data
-order declares them, excluded), so the draw is deterministic and
-never repeats a row; a domain that runs out is an error naming the last step the data supports.
-Within a batch the rows are grouped by domain id (the loss is a mean over the batch, so the
-grouping does not change the update).
+Entropies H_i are counted over **each whole domain** (every row of the pool; ``sample_rows=S``
+estimates them from S evenly spread rows per domain with the Miller–Madow bias correction
+instead): ``conditional`` (CE, the paper's best): H(X_{t+1} | X_t) from the token pairs within rows;
+``shannon`` (SE): the unigram entropy; in nats. Proportions r_i = softmax(H)_i (Eqs. 12–13). Every
+global batch k ≥ N holds c_i rows of domain i, the integer counts c_i being r·B rounded by largest
+remainder (ties to the lower domain id) so that they sum to B. Domain i's rows are read in a fixed
+order from a cursor at (k − N)·c_i: the parent's rows in data order, a corpus's in a seeded
+permutation. When a domain runs out, ``repeat=epoch`` (default) starts another pass over it in a
+new permutation seeded by (seed, domain, pass) and ``metrics.jsonl`` counts it
+(``bimix_repeated_rows``: rows of that batch drawn in a repeat pass; ``bimix_epoch.<domain>``: the
+pass index, 0 = first); ``repeat=error`` refuses a branch longer than the data, naming the last
+step it supports. Within a batch the rows are grouped by domain id (the loss is a mean over the
+batch, so the grouping does not change the update).
+
+Differences from the paper: it trains from scratch on its mixture (here a branch switches to it at
+step N); its entropies are counted during tokenization per document (here over the packed rows,
+which is what the model sees); its VNE entropy (FastText embeddings) is not implemented.
 """
 
 from __future__ import annotations
@@ -25,34 +41,31 @@ from typing import Any
 import numpy as np
 
 from checkpoints_cache.errors import UserError
+from data_order.labelled import EntropyCounts, LabelledCorpus, StackedRows
 
 from .base import BranchContext
-from .params import DeclaredIntervention, Param
+from .params import PARENT, DeclaredIntervention, Param
+
+SUMMARY = (
+    "bimix: the paper's training-free mixture r = softmax(H) over per-domain entropies (conditional = CE, the "
+    "paper's best, or shannon), counted over each whole domain, each global batch drawn by domain "
+    "deterministically. Rows from a labelled corpus (source=PATH_OR_DATASET,domain_column=…,text_column=|"
+    "token_column=…, packed within each domain, cached) or from the parent's labelled rows after N. Differs: "
+    "a branch switches to the mixture at N (the paper trains from scratch); a domain that runs out is "
+    "reshuffled and repeated (repeat=epoch, counted in metrics.jsonl) or refused (repeat=error)."
+)
+
+ENTROPY_CHUNK_ROWS = 4096  # rows read at a time when counting a pool of the parent's rows
 
 
 def conditional_entropy(rows: np.ndarray) -> float:
     """H(X_{t+1} | X_t) in nats from the bigram counts of each row (pairs never cross rows)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if rows.ndim != 2 or rows.shape[1] < 2:
-        return 0.0
-    first = rows[:, :-1].ravel()
-    second = rows[:, 1:].ravel()
-    width = int(max(first.max(), second.max())) + 1
-    pair_codes, joint = np.unique(first * width + second, return_counts=True)
-    firsts, marginal = np.unique(first, return_counts=True)
-    given = marginal[np.searchsorted(firsts, pair_codes // width)]  # count of x for each pair (x, x')
-    p_joint = joint / joint.sum()
-    return float(-(p_joint * np.log(joint / given)).sum())
+    return EntropyCounts().add(np.asarray(rows)).conditional()
 
 
 def shannon_entropy(rows: np.ndarray) -> float:
     """Unigram entropy in nats over every token of the rows."""
-    _, counts = np.unique(np.asarray(rows).ravel(), return_counts=True)
-    p = counts / counts.sum()
-    return float(-(p * np.log(p)).sum())
-
-
-ENTROPY = {"conditional": conditional_entropy, "shannon": shannon_entropy}
+    return EntropyCounts().add(np.asarray(rows)).shannon()
 
 
 def softmax(values: np.ndarray) -> np.ndarray:
@@ -85,29 +98,87 @@ def heldout_start(ctx: BranchContext) -> int | None:
     return int(span[0]) if span else None
 
 
+def count_rows(take_rows: Any, rows: np.ndarray, chunk: int = ENTROPY_CHUNK_ROWS) -> EntropyCounts:
+    """Entropy counts over the given rows, read ``chunk`` rows at a time (sorted: reads run forward)."""
+    counts = EntropyCounts()
+    ordered = np.sort(np.asarray(rows, dtype=np.int64))
+    for i in range(0, ordered.size, chunk):
+        counts.add(np.asarray(take_rows(ordered[i:i + chunk])))
+    return counts
+
+
 class BiMix(DeclaredIntervention):
     name = "bimix"
+    SUMMARY = SUMMARY
     PARAMS = (
-        Param("entropy", str, "conditional", "entropy estimator: conditional (CE, the paper's best) or shannon (SE)",
+        Param("entropy", str, "conditional", "entropy: conditional (CE, the paper's best) or shannon (SE)",
               choices=("conditional", "shannon")),
-        Param("sample_rows", int, 256, "rows per domain (after the branch point) used to estimate its entropy",
-              min=1),
+        Param("sample_rows", int, 0, "0: count every row of each domain; S > 0: estimate from S evenly spread rows "
+              "per domain with the Miller-Madow correction", min=0),
+        Param("source", str, None, "a labelled corpus to train on: a local parquet/jsonl/arrow file or folder, or a "
+              "Hub dataset name (read through the datasets cache); default: the parent's labelled rows"),
+        Param("domain_column", str, None, "the corpus column holding each document's domain"),
+        Param("text_column", str, None, "a text column, tokenized with the parent's tokenizer (+ end of text)"),
+        Param("token_column", str, None, "a column of token ids, taken as they are (e.g. Amber's token_ids)"),
+        Param("tokenizer", str, PARENT, "tokenizer for text_column (default: the parent's)"),
+        Param("split", str, "train", "the corpus split"),
+        Param("subset", str, None, "the Hub dataset's configuration name"),
+        Param("repeat", str, "epoch", "when a domain runs out: epoch = reshuffle and repeat it (counted in "
+              "metrics.jsonl), error = refuse the branch", choices=("epoch", "error")),
+        Param("seed", int, PARENT, "seed of the corpus order and of every repeat's reshuffle (default: the "
+              "parent's seed)", min=0),
     )
 
     def __init__(self, **params: Any):
         super().__init__(**params)
+        p = self.params
+        if p["source"] is None:
+            extra = [k for k in ("domain_column", "text_column", "token_column", "subset") if p[k] is not None]
+            if extra or p["tokenizer"] is not None:
+                keys = ", ".join(extra + (["tokenizer"] if p["tokenizer"] is not None else []))
+                raise UserError(f"bimix: {keys} describe a labelled corpus; give source=PATH_OR_DATASET with them")
+        else:
+            if p["domain_column"] is None:
+                raise UserError("bimix source=… needs domain_column=NAME (the column holding each document's domain)")
+            if (p["text_column"] is None) == (p["token_column"] is None):
+                raise UserError("bimix source=… needs exactly one of text_column=NAME (tokenized with the parent's "
+                                "tokenizer) or token_column=NAME (token ids as they are)")
         self.domain_ids: list[int] = []
         self.domain_rows: dict[int, np.ndarray] = {}
         self.entropies: dict[int, float] = {}
         self.proportions: dict[int, float] = {}
         self.counts: dict[int, int] = {}
+        self.corpus: LabelledCorpus | None = None
+        self.offset = 0  # index of the corpus's first row in the rows the engine reads
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
 
+    def reads_parent_rows(self) -> bool:
+        return self.params["source"] is None
+
+    # -- setup: the pools and the mixture --------------------------------------------------------------
     def setup(self, ctx: BranchContext) -> None:
         super().setup(ctx)
+        p = self.params
+        if p["seed"] is None:
+            p["seed"] = int(ctx.recipe.seed)
+        if p["source"] is not None:
+            self._setup_corpus(ctx)
+        else:
+            self._setup_parent_rows(ctx)
+        h = np.array([self.entropies[d] for d in self.domain_ids])
+        r = softmax(h)
+        counts = largest_remainder(r, int(ctx.recipe.batch_size))
+        self.proportions = {d: float(x) for d, x in zip(self.domain_ids, r)}
+        self.counts = {d: int(c) for d, c in zip(self.domain_ids, counts)}
+        if p["repeat"] == "error":
+            self.check_supply(ctx.end_step)
+
+    def _setup_parent_rows(self, ctx: BranchContext) -> None:
         if ctx.row_domains is None or ctx.take_rows is None:
             raise UserError(
-                "bimix needs a data order whose rows carry domain labels (the toy run, LLM360/Amber); "
-                "this parent has none"
+                "bimix needs rows with domain labels: give a labelled corpus (bimix:source=PATH_OR_DATASET,"
+                "domain_column=NAME,text_column=NAME or token_column=NAME), or branch from a run whose data order "
+                "carries per-row labels (the toy); this parent's has none"
             )
         labels = np.asarray(ctx.row_domains)
         batch = int(ctx.recipe.batch_size)
@@ -121,21 +192,76 @@ class BiMix(DeclaredIntervention):
             raise UserError(f"bimix: the data order has no rows after step {ctx.branch_step} (rows >= {start})")
         after_labels = labels[after]
         self.domain_ids = sorted(int(d) for d in np.unique(after_labels))
-        estimate = ENTROPY[self.params["entropy"]]
         for d in self.domain_ids:
-            rows = after[after_labels == d]
-            self.domain_rows[d] = rows
-            sample = rows[sample_positions(len(rows), self.params["sample_rows"])]
-            self.entropies[d] = estimate(np.asarray(ctx.take_rows(sample)))
-        h = np.array([self.entropies[d] for d in self.domain_ids])
-        r = softmax(h)
-        counts = largest_remainder(r, batch)
-        self.proportions = {d: float(p) for d, p in zip(self.domain_ids, r)}
-        self.counts = {d: int(c) for d, c in zip(self.domain_ids, counts)}
-        self.check_supply(ctx.end_step)
+            self.domain_rows[d] = after[after_labels == d]
+            self.entropies[d] = self._entropy_of(ctx.take_rows, self.domain_rows[d])
 
+    def _setup_corpus(self, ctx: BranchContext) -> None:
+        from checkpoints_cache.hub import branchpoint_home
+        from data_order.labelled import prepare_labelled
+
+        p = self.params
+        tokenizer = self._tokenizer(ctx) if p["text_column"] is not None else None
+        self.corpus = prepare_labelled(
+            p["source"], domain_column=p["domain_column"], seq_len=int(ctx.recipe.seq_len),
+            cache_root=branchpoint_home() / "bimix", text_column=p["text_column"], token_column=p["token_column"],
+            tokenizer=tokenizer, split=p["split"], subset=p["subset"],
+        )
+        if self.corpus.num_rows == 0:
+            raise UserError(f"bimix: {p['source']} gives no row of {ctx.recipe.seq_len + 1} tokens in any domain")
+        self.offset = int(ctx.num_rows or 0)
+        labels = np.asarray(self.corpus.labels())
+        rows = np.arange(labels.size, dtype=np.int64)
+        self.domain_ids = sorted(int(d) for d in np.unique(labels))
+        exact = self.corpus.entropy(p["entropy"])
+        data = self.corpus.token_rows(int(ctx.recipe.batch_size))
+        for d in self.domain_ids:
+            self.domain_rows[d] = rows[labels == d]
+            name = self.corpus.names[d]
+            self.entropies[d] = exact[name] if not p["sample_rows"] else self._entropy_of(data.take, self.domain_rows[d])
+
+    def _entropy_of(self, take_rows: Any, rows: np.ndarray) -> float:
+        p = self.params
+        if p["sample_rows"]:
+            sample = rows[sample_positions(len(rows), p["sample_rows"])]
+            return count_rows(take_rows, sample).entropy(p["entropy"], miller_madow=True)
+        return count_rows(take_rows, rows).entropy(p["entropy"])
+
+    def _tokenizer(self, ctx: BranchContext) -> Any:
+        """The tokenizer for text_column: tokenizer=, else the parent's checkpoint folder at N, else the
+        tokenizer its data order declares; all read from local files only."""
+        from transformers import AutoTokenizer
+
+        p = self.params
+        tried = []
+        candidates = []
+        if p["tokenizer"] is not None:
+            candidates.append(p["tokenizer"])
+        else:
+            if ctx.parent_checkpoint is not None:
+                try:
+                    candidates.append(str(ctx.parent_checkpoint(ctx.branch_step)))
+                except UserError:
+                    pass
+            traj = ctx.extra.get("parent_trajectory")
+            declared = ((getattr(traj, "data_order", None) or {}).get("tokenizer")
+                        or (ctx.extra.get("data_order") or {}).get("tokenizer"))
+            if declared:
+                candidates.append(str(declared))
+        for c in candidates:
+            try:
+                return AutoTokenizer.from_pretrained(c, local_files_only=True)
+            except Exception as e:  # not a tokenizer folder: try the next candidate
+                tried.append(f"{c} ({type(e).__name__})")
+        if p["tokenizer"] is not None:
+            raise UserError(f"bimix tokenizer={p['tokenizer']}: no tokenizer there ({'; '.join(tried)})")
+        raise UserError("bimix text_column=… needs the parent's tokenizer and the parent has none "
+                        f"({'; '.join(tried) or 'no tokenizer files, none declared'}); give tokenizer=PATH, or "
+                        "token_column= for token ids (the toy has no tokenizer)")
+
+    # -- the draw --------------------------------------------------------------------------------------
     def domain_name(self, d: int) -> str:
-        names = self.ctx.domain_names
+        names = self.corpus.names if self.corpus is not None else self.ctx.domain_names
         return names[d] if names is not None and 0 <= d < len(names) else str(d)
 
     def last_supported_step(self) -> int:
@@ -151,29 +277,76 @@ class BiMix(DeclaredIntervention):
             ]
             raise UserError(
                 f"bimix: domain(s) {', '.join(short)} run out of rows after the branch point before step {end_step}; "
-                f"this mixture supports branches up to step {self.last_supported_step()}"
+                f"this mixture supports branches up to step {self.last_supported_step()} with repeat=error "
+                "(repeat=epoch reshuffles and repeats them)"
             )
+
+    def pass_order(self, d: int, epoch: int) -> np.ndarray:
+        """Domain ``d``'s rows in the order of pass ``epoch`` (a pure function of seed, domain, pass)."""
+        rows = self.domain_rows[d]
+        if epoch == 0 and self.corpus is None:
+            return rows  # the parent's rows: first in data order
+        key = (d, epoch)
+        if key not in self._perms:
+            if len(self._perms) > 4 * max(1, len(self.domain_ids)):
+                self._perms.clear()
+            rng = np.random.default_rng([int(self.params["seed"]), d, epoch])
+            self._perms[key] = rows[rng.permutation(len(rows))]
+        return self._perms[key]
+
+    def domain_draw(self, d: int, j: int) -> tuple[np.ndarray, int, int]:
+        """(rows, pass index of the last one, rows drawn in a repeat pass) for batch j after N."""
+        c, n = self.counts[d], len(self.domain_rows[d])
+        lo, hi = j * c, (j + 1) * c
+        if self.params["repeat"] == "error" and hi > n:
+            raise UserError(
+                f"bimix: domain {self.domain_name(d)} runs out of rows at global batch {self.ctx.branch_step + j}; "
+                f"this mixture supports branches up to step {self.last_supported_step()} with repeat=error"
+            )
+        parts = []
+        pos = lo
+        while pos < hi:
+            epoch, i = divmod(pos, n)
+            take = min(hi - pos, n - i)
+            parts.append(self.pass_order(d, epoch)[i:i + take])
+            pos += take
+        rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return rows, (hi - 1) // n if c else 0, max(0, hi - max(lo, n))
 
     def batch_row_indices(self, k: int, default: np.ndarray) -> np.ndarray:
         j = k - self.ctx.branch_step
         if j < 0:
             return default
-        parts = []
-        for d in self.domain_ids:
-            c = self.counts[d]
-            if c == 0:
-                continue
-            rows = self.domain_rows[d]
-            if (j + 1) * c > len(rows):
-                raise UserError(
-                    f"bimix: domain {self.domain_name(d)} runs out of rows at global batch {k}; "
-                    f"this mixture supports branches up to step {self.last_supported_step()}"
-                )
-            parts.append(rows[j * c:(j + 1) * c])
-        out = np.concatenate(parts).astype(np.asarray(default).dtype, copy=False)
+        parts = [self.domain_draw(d, j)[0] for d in self.domain_ids if self.counts[d] > 0]
+        out = (np.concatenate(parts) + self.offset).astype(np.asarray(default).dtype, copy=False)
         if len(out) != len(default):  # counts sum to B by construction; guard a changed batch size
             raise ValueError(f"bimix drew {len(out)} rows for a batch of {len(default)}")
         return out
+
+    def metrics(self, step: int) -> dict[str, Any]:
+        j = step - 1 - self.ctx.branch_step
+        if j < 0:
+            return {}
+        row: dict[str, Any] = {"bimix_repeated_rows": 0}
+        for d in self.domain_ids:
+            if self.counts[d] == 0:
+                continue
+            _, epoch, repeated = self.domain_draw(d, j)
+            row["bimix_repeated_rows"] += repeated
+            row[f"bimix_epoch.{self.domain_name(d)}"] = epoch
+        return row
+
+    def token_rows(self, parent_rows: Any) -> Any:
+        if self.corpus is None:
+            return parent_rows
+        return StackedRows(parent_rows, self.corpus.token_rows(int(self.ctx.recipe.batch_size)))
+
+    def on_load(self, model: Any, ctx: BranchContext) -> Any:
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        if self.corpus is not None and vocab is not None and self.corpus.meta["max_token"] >= vocab:
+            raise UserError(f"bimix: the corpus holds token id {self.corpus.meta['max_token']} but the model's "
+                            f"vocabulary has {vocab} ids; use the parent's tokenizer or ids below {vocab}")
+        return model
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -183,7 +356,18 @@ class BiMix(DeclaredIntervention):
                     "entropy": self.entropies[i],
                     "proportion": self.proportions[i],
                     "rows_per_batch": self.counts[i],
+                    "rows": int(len(self.domain_rows[i])),
                 }
                 for i in self.domain_ids
             }
+            sample = self.params["sample_rows"]
+            d["resolved"] = {
+                "entropy_estimate": (f"Miller-Madow corrected, {sample} rows per domain" if sample
+                                     else "exact counts over each whole domain"),
+                "rows_from": "corpus" if self.corpus is not None else "parent rows after the branch step",
+                "last_step_without_repeats": self.last_supported_step(),
+            }
+            if self.corpus is not None:
+                d["resolved"]["corpus"] = self.corpus.describe()
+                d["resolved"]["corpus_row_offset"] = self.offset
         return d

@@ -122,20 +122,41 @@ def test_batches_are_drawn_by_domain_from_rows_after_the_branch_deterministicall
     assert iv.batch_row_indices(n, default).tolist() == first.tolist()  # a pure function of k
 
 
-def test_running_out_of_a_domain_is_a_clear_error():
+def test_running_out_of_a_domain_with_repeat_error_is_a_clear_error():
     labels, data = known_corpus(rows_per_domain=40)
     # db8 gets 8 rows per batch; rows >= 2·13 hold 32 db8 rows (26, 29, ..., 119): 4 batches
-    with pytest.raises(UserError, match=r"db8 run out .* before step 9; .* supports branches up to step 6$"):
-        BiMix().setup(corpus_context(labels, data, branch_step=2, end_step=9))
-    iv = BiMix()
+    with pytest.raises(UserError, match=r"db8 run out .* before step 9; .* supports branches up to step 6 with"):
+        BiMix(repeat="error").setup(corpus_context(labels, data, branch_step=2, end_step=9))
+    iv = BiMix(repeat="error")
     iv.setup(corpus_context(labels, data, branch_step=2, end_step=6))
     assert len(iv.batch_row_indices(5, np.arange(65, 78))) == 13  # the last supported batch
     with pytest.raises(UserError, match="db8 runs out of rows at global batch 6"):
         iv.batch_row_indices(6, np.arange(78, 91))
 
 
+def test_repeat_epoch_reshuffles_a_domain_deterministically_and_counts_it():
+    labels, data = known_corpus(rows_per_domain=40)
+    iv = BiMix()  # repeat=epoch
+    iv.setup(corpus_context(labels, data, branch_step=2, end_step=9))
+    after = np.arange(2 * 13, len(labels))
+    db8 = after[labels[after] == 2]  # 32 rows: 4 batches of 8, then a second pass
+    assert len(db8) == 32
+    first_pass = np.concatenate([iv.batch_row_indices(k, np.arange(13))[5:] for k in range(2, 6)])
+    assert first_pass.tolist() == db8.tolist()  # first pass: data order
+    second = np.concatenate([iv.batch_row_indices(k, np.arange(13))[5:] for k in range(6, 10)])
+    perm = np.random.default_rng([iv.params["seed"], 2, 1]).permutation(32)
+    assert second.tolist() == db8[perm].tolist()  # then a pass in a permutation seeded by (seed, domain, pass)
+    assert iv.metrics(6) == {"bimix_repeated_rows": 0, "bimix_epoch.cycle": 0, "bimix_epoch.db4": 0,
+                             "bimix_epoch.db8": 0}
+    assert iv.metrics(7)["bimix_repeated_rows"] == 8 and iv.metrics(7)["bimix_epoch.db8"] == 1
+    again = BiMix()
+    again.setup(corpus_context(labels, data, branch_step=2, end_step=9))
+    assert all(again.batch_row_indices(k, np.arange(13)).tolist() == iv.batch_row_indices(k, np.arange(13)).tolist()
+               for k in range(2, 12))
+
+
 def test_parent_without_domain_labels_is_a_user_error():
-    with pytest.raises(UserError, match="domain labels"):
+    with pytest.raises(UserError, match="domain labels: give a labelled corpus"):
         BiMix().setup(context())
 
 
@@ -164,3 +185,34 @@ def test_bimix_branch_on_the_toy(toy, tmp_path):
             parts.append(after[labels[after] == d][j * c:(j + 1) * c])
         expected = np.sort(np.concatenate(parts).astype(np.int64))
         assert row["batch_rows"] == hashlib.sha1(expected.tobytes()).hexdigest()[:16]
+
+
+def test_bimix_on_the_toy_from_the_last_grid_steps_to_the_end(toy, tmp_path):
+    """From step 48 to 64, the end of the toy's grid: the rows after 48 hold 16 batches of rows in all,
+    fewer than the mixture asks of its high-entropy domain, which is repeated."""
+    out = run_branch(toy, tmp_path / "bimix", "bimix", from_step=48, steps=16)
+    meta = json.loads((out / "trajectory.json").read_text())
+    assert meta["complete"] and meta["end_step"] == 64
+    assert (out / "checkpoints" / "step64" / "model.safetensors").is_file()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(49, 65))
+    assert meta["intervention"]["resolved"]["last_step_without_repeats"] < 64
+    assert sum(r["bimix_repeated_rows"] for r in rows) > 0 and rows[0]["bimix_repeated_rows"] == 0
+    mix = meta["intervention"]["params"]["mixture"]
+    top = max(mix, key=lambda d: mix[d]["proportion"])
+    assert rows[-1][f"bimix_epoch.{top}"] >= 1
+    # the engine trained on exactly the rows the (pure) draw gives, repeats included
+    from checkpoints_cache.recipe import Recipe
+    from data_order.source import TokenRows
+
+    labels = np.load(toy / "data" / "row_domains.npy")
+    parent = json.loads((toy / "trajectory.json").read_text())
+    iv = BiMix()
+    iv.setup(BranchContext(branch_step=48, end_step=64, recipe=Recipe.from_dict(parent["recipe"]), parent_grid=[0],
+                           row_domains=labels, domain_names=parent["data_order"]["domains"]["names"],
+                           take_rows=TokenRows(toy / "data", 8, 32).take,
+                           num_rows=len(labels), extra={"data_order": parent["data_order"]}))
+    for r in rows:
+        ids = np.sort(iv.batch_row_indices(r["step"] - 1, np.zeros(8, dtype=np.int64)).astype(np.int64))
+        assert r["batch_rows"] == hashlib.sha1(ids.tobytes()).hexdigest()[:16]
+        assert r["bimix_repeated_rows"] == iv.metrics(r["step"])["bimix_repeated_rows"]
