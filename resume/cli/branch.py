@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
         "  branchpoint branch runs/toy-small --from-step 400 --steps 200 --intervention none --out runs/control\n"
         "  branchpoint branch runs/toy-small --from-step 400 --steps 200 --intervention lawa:k=5,every=50,mode=replace\n"
+        "  branchpoint branch runs/toy-tiny --from-step 48 --steps 16 "
+        "--intervention bimix:source=corpus.parquet,domain_column=domain,token_column=token_ids\n"
         "  ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m resume branch runs/toy-small --from-step 400 --steps 20\n"
         "  branchpoint branch amber --from-step ckpt_100 --steps 762 --dry-run     # LLM360 Amber: the plan only\n"
         "  branchpoint branch amber --from-step ckpt_100 --steps 762 --order file\n"

@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-DEFAULT_LAWA = "lawa:k=5,every=10,mode=replace"
+DEFAULT_LAWA = "lawa:k=5,mode=replace"  # the window: the toy's latest 5 checkpoints (every 50 steps)
 MARKER = ".branchpoint-demo.json"
 CONTROL = "control"
 

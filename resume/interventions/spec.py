@@ -80,9 +80,15 @@ def parse_intervention(spec: str | None) -> Intervention:
     return build(cls, spec, parse_key_values(spec, args))
 
 
-def describe_registry() -> str:
-    """One line per built-in with its accepted keys (for --help texts)."""
-    lines = []
+def describe_registry(width: int = 100) -> str:
+    """Per built-in: what it does relative to its paper (``SUMMARY``), then its accepted keys (for --help)."""
+    import textwrap
+
+    blocks = []
     for name, cls in REGISTRY.items():
-        lines.append(accepted_keys(name, getattr(cls, "PARAMS", ())))
-    return "\n".join(lines)
+        summary = getattr(cls, "SUMMARY", "")
+        text = textwrap.fill(summary, width, subsequent_indent="    ") if summary else name
+        keys = textwrap.fill(accepted_keys(name, getattr(cls, "PARAMS", ())), width, initial_indent="    ",
+                             subsequent_indent="      ")
+        blocks.append(text + "\n" + keys)
+    return "\n".join(blocks)

@@ -19,21 +19,32 @@ def test_registry_is_data_naming_every_builtin():
     assert REGISTRY == {"none": Control, "lawa": LAWA, "anytime": Anytime, "gstack": Gstack, "bimix": BiMix}
 
 
+BIMIX = {"entropy": "conditional", "sample_rows": 0, "source": None, "domain_column": None, "text_column": None,
+         "token_column": None, "tokenizer": None, "split": "train", "subset": None, "repeat": "epoch", "seed": None}
+
+
 @pytest.mark.parametrize(
     "spec, cls, params",
     [
         ("none", Control, {}),
         ("  none ", Control, {}),
-        ("lawa", LAWA, {"k": 5, "every": None, "mode": "replace"}),
-        ("lawa:k=10,every=1000,mode=replace", LAWA, {"k": 10, "every": 1000, "mode": "replace"}),
-        ("lawa:every=1e3,mode=eval", LAWA, {"k": 5, "every": 1000, "mode": "eval"}),
+        ("lawa", LAWA, {"k": 5, "every": None, "mode": "replace", "window": "run", "store": "disk"}),
+        ("lawa:k=10,every=1000,mode=replace", LAWA,
+         {"k": 10, "every": 1000, "mode": "replace", "window": "run", "store": "disk"}),
+        ("lawa:every=1e3,mode=eval,window=branch,store=host", LAWA,
+         {"k": 5, "every": 1000, "mode": "eval", "window": "branch", "store": "host"}),
         ("anytime:schedule=constant,ema=25", Anytime,
-         {"schedule": "constant", "lr": None, "warmup": None, "alpha": None, "ema": 25.0, "ema_device": "auto"}),
-        ("anytime:schedule=invsqrt,alpha=51200,ema=25,lr=3e-3,warmup=5000", Anytime,
-         {"schedule": "invsqrt", "lr": 3e-3, "warmup": 5000, "alpha": 51200.0, "ema": 25.0, "ema_device": "auto"}),
-        ("gstack:g=4", Gstack, {"g": 4, "noise": 0.0, "seed": None, "lr": None, "min_lr": None, "warmup": None}),
-        ("bimix:entropy=conditional", BiMix, {"entropy": "conditional", "sample_rows": 256}),
-        ("BiMix:entropy=shannon,sample_rows=8", BiMix, {"entropy": "shannon", "sample_rows": 8}),
+         {"schedule": "constant", "lr": None, "warmup": None, "alpha": None, "ema": 25.0, "rewarm": None, "wd": None,
+          "ema_device": "auto"}),
+        ("anytime:schedule=invsqrt,alpha=51200,ema=25,lr=3e-3,warmup=5000,rewarm=0,wd=0", Anytime,
+         {"schedule": "invsqrt", "lr": 3e-3, "warmup": 5000, "alpha": 51200.0, "ema": 25.0, "rewarm": 0, "wd": 0.0,
+          "ema_device": "auto"}),
+        ("gstack:g=4", Gstack, {"g": 4, "noise": 0.0, "noise_var": "small", "seed": None, "decay": "all", "lr": None,
+                                "min_lr": None, "warmup": None}),
+        ("bimix:entropy=conditional", BiMix, {**BIMIX, "entropy": "conditional"}),
+        ("BiMix:entropy=shannon,sample_rows=8", BiMix, {**BIMIX, "entropy": "shannon", "sample_rows": 8}),
+        ("bimix:source=corpus.parquet,domain_column=d,token_column=ids,repeat=error", BiMix,
+         {**BIMIX, "source": "corpus.parquet", "domain_column": "d", "token_column": "ids", "repeat": "error"}),
     ],
 )
 def test_valid_specs_give_typed_full_params(spec, cls, params):
@@ -51,12 +62,13 @@ def test_parent_dependent_defaults_are_resolved_in_setup_and_described():
     anytime.setup(ctx)
     assert anytime.describe()["params"] == {
         "schedule": "invsqrt", "lr": 6e-4, "warmup": 1430, "alpha": pytest.approx(51200 / 5000 * 1430), "ema": 25.0,
-        "ema_device": "auto",
+        "rewarm": 20, "wd": 0.1, "ema_device": "auto",
     }
     gstack = parse_intervention("gstack")
     gstack.setup(ctx)
     # warmup = min(parent warmup 1430, ceil(200 / 10)) = 20
-    assert gstack.describe()["params"] == {"g": 4, "noise": 0.0, "seed": 1234, "lr": 6e-4, "min_lr": 6e-5, "warmup": 20}
+    assert gstack.describe()["params"] == {"g": 4, "noise": 0.0, "noise_var": "small", "seed": 1234, "decay": "all",
+                                           "lr": 6e-4, "min_lr": 6e-5, "warmup": 20}
 
 
 @pytest.mark.parametrize(
@@ -69,7 +81,9 @@ def test_parent_dependent_defaults_are_resolved_in_setup_and_described():
         ("lawa:k=five", "k=five"),
         ("lawa:every=0", "every=0"),
         ("lawa:mode=average", "mode=average"),
-        ("lawa:window=5", "unknown key 'window'"),
+        ("lawa:window=5", "window=5"),
+        ("lawa:store=gpu", "store=gpu"),
+        ("lawa:snapshots=5", "unknown key 'snapshots'"),
         ("lawa:k", "'k' is not key=value"),
         ("lawa:k=", "'k=' is not key=value"),
         ("lawa:k=2,k=3", "key 'k' given twice"),
@@ -83,7 +97,14 @@ def test_parent_dependent_defaults_are_resolved_in_setup_and_described():
         ("gstack:g=0", "g=0"),
         ("gstack:noise=2", "noise=2"),
         ("bimix:entropy=joint", "entropy=joint"),
-        ("bimix:sample_rows=0", "sample_rows=0"),
+        ("bimix:sample_rows=-1", "sample_rows=-1"),
+        ("bimix:repeat=never", "repeat=never"),
+        ("bimix:domain_column=d", "give source=PATH_OR_DATASET"),
+        ("bimix:source=x.parquet,token_column=t", "needs domain_column"),
+        ("anytime:rewarm=-1", "rewarm=-1"),
+        ("anytime:wd=-0.1", "wd=-0.1"),
+        ("gstack:decay=none", "decay=none"),
+        ("gstack:noise_var=wide", "noise_var=wide"),
         ("none:k=1", "unknown key 'k' for intervention none"),
         ("swa:k=5", "unknown intervention 'swa'"),
         ("missing.py:Foo", "does not exist"),
@@ -103,14 +124,15 @@ def test_bad_value_message_lists_every_accepted_key_with_type_and_range():
         parse_intervention("lawa:k=0")
     assert str(e.value) == (
         "bad value k=0 for intervention lawa: out of range (int >= 1); accepted keys for lawa: "
-        "k (int >= 1, default 5), every (int >= 1, default: from the parent run), mode (replace|eval, default replace)"
+        "k (int >= 1, default 5), every (int >= 1, default: from the parent run), mode (replace|eval, default replace), "
+        "window (run|branch, default run), store (disk|host, default disk)"
     )
 
 
 def test_constructing_directly_validates_too():
     with pytest.raises(UserError, match="k=0"):
         LAWA(k=0)
-    assert LAWA(k=3, every=7).params == {"k": 3, "every": 7, "mode": "replace"}
+    assert LAWA(k=3, every=7).params == {"k": 3, "every": 7, "mode": "replace", "window": "run", "store": "disk"}
 
 
 PLUGIN = '''
