@@ -308,7 +308,12 @@ def _tokens_of_batch(table: Any, text_column: str | None, token_column: str | No
         flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
         return flat, lengths
     texts = [t if t is not None else "" for t in table.column(text_column).to_pylist()]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # the fast tokenizer's own batch encoder without offsets: the same ids as tokenizer(texts), less work
+    encode = getattr(getattr(tokenizer, "backend_tokenizer", None), "encode_batch_fast", None)
+    if encode is not None:
+        ids = [e.ids for e in encode(texts, add_special_tokens=False)]
+    else:
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
     if eos is not None:  # --append-eod: one end-of-text token after every document
@@ -328,7 +333,7 @@ def prepare_labelled(
     tokenizer: Any = None,
     split: str = "train",
     subset: str | None = None,
-    batch_docs: int = 1000,
+    batch_docs: int = 4096,
     progress: bool = True,
 ) -> LabelledCorpus:
     """The packed, labelled corpus of ``source`` (a path or Hub name, or a ``datasets.Dataset``),

@@ -267,6 +267,8 @@ def test_text_corpus_is_tokenized_with_a_tokenizer_and_end_of_text(tmp_path, hom
         ids = [vocab[w] for x in docs if x["src"] == name for w in x["text"].split() + ["<|endoftext|>"]]
         n = len(ids) // (SEQ_LEN + 1)
         assert (rows[labels == d] == np.asarray(ids[: n * (SEQ_LEN + 1)]).reshape(n, SEQ_LEN + 1)).all(), name
+        texts = [x["text"] for x in docs if x["src"] == name]  # the same ids as the tokenizer's own call
+        assert ids == [i for t in tok(texts, add_special_tokens=False)["input_ids"] for i in t + [0]]
     assert corpus.meta["tokenizer"]["digest"] and corpus.meta["append_eos"] is True
     mix = iv.describe()["params"]["mixture"]
     assert mix["wide"]["entropy"] > mix["narrow"]["entropy"]  # 40 words vs 8 (+ end of text)
