@@ -144,14 +144,13 @@ class LAWA(DeclaredIntervention):
         dirs: dict[int, Any] = {}
         for s in reversed(steps):  # newest first; stop at the first checkpoint the parent lacks
             if s != ctx.branch_step and is_main_process():
-                if ctx.parent_checkpoint is None:
-                    raise UserError("lawa window=run needs the parent's checkpoints, which this branch context "
-                                    "does not give; use window=branch")
                 try:
+                    if ctx.parent_checkpoint is None:
+                        raise UserError("this branch context gives no access to the parent's checkpoints")
                     dirs[s] = ctx.parent_checkpoint(s)
                 except UserError as e:
                     print(f"warning: lawa window=run holds {len(self.window_at_branch)} of {len(steps)} "
-                          f"checkpoints: {e}", file=sys.stderr)
+                          f"checkpoints at the branch step: {e}", file=sys.stderr)
                     break
             self.window_at_branch.insert(0, s)
         for s in self.window_at_branch:

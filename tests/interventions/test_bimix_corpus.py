@@ -272,3 +272,20 @@ def test_text_corpus_is_tokenized_with_a_tokenizer_and_end_of_text(tmp_path, hom
     assert corpus.meta["tokenizer"]["digest"] and corpus.meta["append_eos"] is True
     mix = iv.describe()["params"]["mixture"]
     assert mix["wide"]["entropy"] > mix["narrow"]["entropy"]  # 40 words vs 8 (+ end of text)
+
+
+def test_amber_like_chunk_records_stay_rows_with_their_source_labels(tmp_path):
+    """An LLM360 Amber chunk: jsonl records {"token_ids": [seq_len + 1 ids], "source": ...} (llm360.md §3.1);
+    with token_column=token_ids,domain_column=source each record is one row, labelled by its source."""
+    rng = np.random.default_rng(5)
+    records = [{"token_ids": rng.integers(0, 128, SEQ_LEN + 1).tolist(), "source": s}
+               for s in rng.choice(["arxiv", "c4", "github"], 60)]
+    path = tmp_path / "train_000.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    corpus = prepare_labelled(str(path), domain_column="source", token_column="token_ids", seq_len=SEQ_LEN,
+                              cache_root=tmp_path / "cache", progress=False)
+    labels = np.asarray(corpus.labels())
+    rows = corpus.token_rows(4).rows(0, corpus.num_rows)
+    for d, name in enumerate(corpus.names):
+        mine = [r["token_ids"] for r in records if r["source"] == name]
+        assert rows[labels == d].tolist() == mine and corpus.meta["dropped_tokens"][name] == 0

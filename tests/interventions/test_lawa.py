@@ -219,3 +219,13 @@ def test_resumed_replace_branch_ends_identical(toy, tmp_path, lawa_branches):
         assert_identical(weights(out, step), weights(lawa_branches["replace"], step))
     assert (out / "lawa" / "step32.safetensors").stat().st_mtime_ns == stamp["step32.safetensors"]
     assert BRANCH_STEP == 32
+
+
+def test_window_run_stops_at_the_first_checkpoint_the_parent_lacks(toy, tmp_path, capsys):
+    """A branch used as parent holds no checkpoint before its own branch step: the window holds what exists."""
+    first = run_branch(toy, tmp_path / "first", "none", from_step=48, steps=16)  # checkpoints 48, 64
+    lawa = run_branch(first, tmp_path / "second", "lawa:k=4,mode=eval", from_step=64, steps=1)
+    assert "warning: lawa window=run holds 2 of 4 checkpoints at the branch step" in capsys.readouterr().err
+    meta = json.loads((lawa / "trajectory.json").read_text())
+    assert meta["intervention"]["resolved"]["window_at_branch"] == [48, 64]
+    assert_mean_of(weights(lawa, 64, averaged=True), [weights(first, 48), weights(first, 64)])
