@@ -153,11 +153,17 @@ class LAWA(DeclaredIntervention):
                           f"checkpoints at the branch step: {e}", file=sys.stderr)
                     break
             self.window_at_branch.insert(0, s)
-        for s in self.window_at_branch:
-            if s == ctx.branch_step:
-                self.window.add(s, lambda: cpu_snapshot(model))
-            else:
-                self.window.add(s, lambda s=s: checkpoint_weights(dirs[s], model))
+        fresh = self.window.root is not None and not self.window.root.exists()
+        try:
+            for s in self.window_at_branch:
+                if s == ctx.branch_step:
+                    self.window.add(s, lambda: cpu_snapshot(model))
+                else:
+                    self.window.add(s, lambda s=s: checkpoint_weights(dirs[s], model))
+        except BaseException:
+            if fresh:  # nothing half-written: the branch directory is created only once this succeeded
+                self.window.discard_files()
+            raise
         return model
 
     def average(self) -> Weights:

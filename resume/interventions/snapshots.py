@@ -119,6 +119,17 @@ class SnapshotWindow:
         if not self.in_memory:
             self.memory.clear()
 
+    def discard_files(self) -> None:
+        """Remove the snapshot folder (and the branch folder if that leaves it empty)."""
+        import shutil
+
+        if self.root is None or not self.main:
+            return
+        shutil.rmtree(self.root, ignore_errors=True)
+        parent = self.root.parent
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+
     def _prune(self) -> None:
         """Delete snapshot files no longer in the window nor named by a recent saved state."""
         if self.root is None or not self.main or not self.root.is_dir():

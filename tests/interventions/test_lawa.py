@@ -229,3 +229,20 @@ def test_window_run_stops_at_the_first_checkpoint_the_parent_lacks(toy, tmp_path
     meta = json.loads((lawa / "trajectory.json").read_text())
     assert meta["intervention"]["resolved"]["window_at_branch"] == [48, 64]
     assert_mean_of(weights(lawa, 64, averaged=True), [weights(first, 48), weights(first, 64)])
+
+
+def test_a_window_that_cannot_be_filled_leaves_nothing_behind(toy, tmp_path):
+    """A parent checkpoint of another architecture: a one-line error, and no branch folder."""
+    import shutil
+
+    from checkpoints_cache.errors import UserError
+    from tests.interventions.conftest import tiny_neox
+
+    parent = tmp_path / "parent"
+    shutil.copytree(toy, parent)
+    shutil.rmtree(parent / "checkpoints" / "step16")
+    tiny_neox(layers=3).save_pretrained(parent / "checkpoints" / "step16")
+    out = tmp_path / "b"
+    with pytest.raises(UserError, match="does not match the branch's model"):
+        run_branch(parent, out, "lawa:k=3,every=16")
+    assert not out.exists()
