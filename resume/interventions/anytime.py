@@ -145,6 +145,7 @@ class Anytime(DeclaredIntervention):
         super().__init__(**params)
         self.ema_weights: Weights | None = None
         self.ema_step: int | None = None  # the step the EMA is current at
+        self._pairs: tuple[Any, list[torch.Tensor], list[torch.Tensor]] | None = None  # (model, EMA, params)
 
     def setup(self, ctx: BranchContext) -> None:
         super().setup(ctx)
@@ -177,6 +178,7 @@ class Anytime(DeclaredIntervention):
     def on_load(self, model: Any, ctx: BranchContext) -> Any:
         if is_main_process():
             self.ema_weights = cpu_snapshot(model, dtype=torch.float32)
+            self._pairs = None
         self.ema_step = ctx.branch_step
         return model
 
@@ -189,9 +191,14 @@ class Anytime(DeclaredIntervention):
             self.ema_weights = cpu_snapshot(model, dtype=torch.float32)
             self.ema_step = step
             return
-        # move the shadow next to the weights once, where asked (no per-step transfer)
-        move_(self.ema_weights, {n: self.ema_device_for(p.device) for n, p in float_params(model)})
-        ema_update_(self.ema_weights, model, ema_beta(self.params["ema"], step))
+        if self._pairs is None or self._pairs[0] is not model:
+            # once per model: move the shadow next to the weights where asked (no per-step transfer)
+            # and pair each EMA tensor with its parameter (named_parameters costs more than the update)
+            current = dict(float_params(model))
+            move_(self.ema_weights, {n: self.ema_device_for(current[n].device) for n in self.ema_weights})
+            names = list(self.ema_weights)
+            self._pairs = (model, [self.ema_weights[n] for n in names], [current[n] for n in names])
+        ema_update_(self._pairs[1], self._pairs[2], ema_beta(self.params["ema"], step))
         self.ema_step = step
 
     def ema_device_for(self, param_device: torch.device) -> torch.device:
@@ -224,4 +231,5 @@ class Anytime(DeclaredIntervention):
         ema = state.get("ema")
         keep = ema is not None and is_main_process()
         self.ema_weights = {n: t.to("cpu", torch.float32) for n, t in ema.items()} if keep else None
+        self._pairs = None
         self.ema_step = state.get("ema_step")

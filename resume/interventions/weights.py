@@ -182,15 +182,14 @@ def full_state_dict(model: torch.nn.Module, weights: Weights) -> dict[str, torch
 
 # -- the EMA ----------------------------------------------------------------------------------------
 @torch.no_grad()
-def ema_update_(average: Weights, model: torch.nn.Module, beta: float) -> None:
-    """average ← β·average + (1 − β)·θ, in place, over every float parameter; each average tensor
-    stays on its own device (the model's parameters are copied there in its dtype)."""
-    current = dict(float_params(model))
-    names = list(average)
-    avg = [average[n] for n in names]
-    new = [current[n].detach().to(avg[i].device, avg[i].dtype) for i, n in enumerate(names)]
-    torch._foreach_mul_(avg, beta)
-    torch._foreach_add_(avg, new, alpha=1.0 - beta)
+def ema_update_(average: Sequence[torch.Tensor], params: Sequence[torch.Tensor], beta: float) -> None:
+    """average ← β·average + (1 − β)·θ, in place, tensor by tensor (``params[i]`` pairs with
+    ``average[i]``); each average tensor stays on its own device and dtype (a parameter elsewhere is
+    copied there first)."""
+    new = [p.detach() if (p.device == a.device and p.dtype == a.dtype) else p.detach().to(a.device, a.dtype)
+           for a, p in zip(average, params)]
+    torch._foreach_mul_(list(average), beta)
+    torch._foreach_add_(list(average), new, alpha=1.0 - beta)
 
 
 def move_(weights: Weights, device_of: dict[str, torch.device]) -> None:

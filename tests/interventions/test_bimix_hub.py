@@ -1,5 +1,5 @@
-"""BiMix on a Hub dataset: read by ``datasets`` through huggingface_hub from the loopback Hub
-stand-in into the HF cache, then again offline from that cache (``HF_HUB_OFFLINE=1``)."""
+"""BiMix on a Hub dataset: fetched once by ``datasets`` through huggingface_hub from the loopback Hub
+stand-in into the HF cache, then read by a branch offline from that cache (``HF_HUB_OFFLINE=1``)."""
 
 from __future__ import annotations
 
@@ -73,14 +73,17 @@ def test_hub_dataset_through_the_cache_then_offline(toy, tmp_path):
     with DatasetHub() as hub:
         hub.add_commit("dataset", "org/labelled", "main",
                        {"data/train-00000-of-00001.parquet": buf.getvalue(), "README.md": b"# labelled\n"})
-        online = branch_cli(toy, tmp_path / "online", spec, {**base, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"})
-        assert online.returncode == 0, online.stderr[-3000:]
-        assert hub.requests("GET", "train-00000-of-00001.parquet")  # downloaded through huggingface_hub
-    # the stand-in is gone: the second branch reads the datasets cache (and branchpoint's packed corpus)
+        # a user fetched the dataset once (datasets downloads it through huggingface_hub into the HF cache)
+        load = "import datasets; print(len(datasets.load_dataset('org/labelled', split='train')))"
+        seeded = subprocess.run([sys.executable, "-c", load], env={**base, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"},
+                                capture_output=True, text=True, timeout=300)
+        assert seeded.returncode == 0, seeded.stderr[-3000:]
+        assert hub.requests("GET", "train-00000-of-00001.parquet")
+    # the stand-in is gone: the branch reads the dataset from the cache, offline
     offline = branch_cli(toy, tmp_path / "offline", spec, {**base, "HF_HUB_OFFLINE": "1"})
     assert offline.returncode == 0, offline.stderr[-3000:]
-    a, b = (json.loads((tmp_path / d / "trajectory.json").read_text())["intervention"] for d in ("online", "offline"))
-    assert a["params"]["mixture"] == b["params"]["mixture"]
-    assert a["resolved"]["corpus"]["key"] == b["resolved"]["corpus"]["key"]
-    assert a["resolved"]["corpus"]["source"] == "org/labelled"
-    assert len(list((tmp_path / "bp" / "bimix").glob("*/corpus.json"))) == 1  # prepared once
+    iv = json.loads((tmp_path / "offline" / "trajectory.json").read_text())["intervention"]
+    assert iv["resolved"]["corpus"]["source"] == "org/labelled"
+    assert iv["resolved"]["corpus"]["num_rows"] == sum(iv["resolved"]["corpus"]["rows"].values()) > 0
+    assert sorted(iv["params"]["mixture"]) == ["cycle", "iid32", "iid4"]
+    assert len(list((tmp_path / "bp" / "bimix").glob("*/corpus.json"))) == 1
