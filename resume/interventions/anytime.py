@@ -17,8 +17,9 @@ evaluates its scheduler at the already-incremented ``global_step``, i.e. at t + 
 Re-warmup (``rewarm=R``, not in the paper, whose runs start from scratch): a branch from step N of
 a parent that is in its cosine decay would otherwise jump from the parent's current LR to the
 anytime LR (toy: 1.57e-3 -> 3e-3). Over the first R updates of the branch the LR goes linearly from
-the parent's LR at N to the schedule: lr_t = p + (s_t − p)·(t − N)/R, p = the parent's LR at N,
-s_t the schedule above; from update N+R on it is s_t. Default: min(parent warmup, ceil(K/10))
+the parent's LR to the schedule: lr_t = p_t + (s_t − p_t)·(t − N)/R, p_t the parent's LR at t (the
+engine's, skipped steps included), s_t the schedule above: the first update has exactly the parent's
+LR at N; from update N+R on it is s_t. Default: min(parent warmup, ceil(K/10))
 (the same rule as Gstack's restarted warmup); ``rewarm=0`` jumps.
 
 Weight decay (``wd=``): the decay of the matrices (biases and norms stay undecayed). Default: the
@@ -50,7 +51,6 @@ from typing import Any
 import torch
 
 from checkpoints_cache.errors import UserError
-from resume.schedule import lr_at
 
 from .base import BranchContext
 from .params import PARENT, DeclaredIntervention, Param
@@ -91,12 +91,12 @@ def anytime_lr(schedule: str, t: int, lr: float, warmup: int, alpha: float, bran
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-def rewarmed_lr(scheduled: float, t: int, branch_step: int, rewarm: int, parent_lr_at_branch: float) -> float:
-    """Linear blend from the parent's LR at N to the schedule over the branch's first ``rewarm`` updates."""
+def rewarmed_lr(scheduled: float, t: int, branch_step: int, rewarm: int, parent_lr: float) -> float:
+    """Linear blend from the parent's LR to the schedule over the branch's first ``rewarm`` updates."""
     i = t - branch_step
     if rewarm <= 0 or i >= rewarm:
         return scheduled
-    return parent_lr_at_branch + (scheduled - parent_lr_at_branch) * i / rewarm
+    return parent_lr + (scheduled - parent_lr) * i / rewarm
 
 
 def ema_beta(ema: float, step: int) -> float:
@@ -164,12 +164,11 @@ class Anytime(DeclaredIntervention):
                             f"use rewarm <= {length}")
         if p["wd"] is None:
             p["wd"] = float(ctx.recipe.weight_decay)
-        self.parent_lr_at_branch = float(lr_at(ctx.recipe, ctx.branch_step))
 
     def lr(self, n: int, parent_lr: float) -> float:
         p = self.params
         s = anytime_lr(p["schedule"], n, p["lr"], p["warmup"], p["alpha"], self.ctx.branch_step, self.ctx.end_step)
-        return rewarmed_lr(s, n, self.ctx.branch_step, p["rewarm"], self.parent_lr_at_branch)
+        return rewarmed_lr(s, n, self.ctx.branch_step, p["rewarm"], parent_lr)
 
     def configure_optimizer(self, optimizer: Any) -> None:
         set_matrix_weight_decay(optimizer, self.params["wd"])
@@ -219,7 +218,6 @@ class Anytime(DeclaredIntervention):
                 "ema_start_step": self.ctx.branch_step,
                 "ema_weight_on_start_at_end": ema_weight_on_start(self.params["ema"], self.ctx.branch_step,
                                                                   self.ctx.end_step),
-                "parent_lr_at_branch": self.parent_lr_at_branch,
             }
         return d
 

@@ -55,8 +55,9 @@ def test_rewarm_goes_linearly_from_the_parents_lr_to_the_schedule():
     iv = Anytime()
     iv.setup(context(branch_step=500, end_step=700, warmup_iters=100))
     assert iv.params["rewarm"] == 20  # min(parent warmup 100, ceil(200 / 10))
-    assert iv.lr(500, parent_lr=0.0) == pytest.approx(iv.parent_lr_at_branch, rel=1e-12)  # continuous at N
-    assert iv.lr(520, parent_lr=0.0) == pytest.approx(iv.params["lr"], rel=1e-12)
+    assert iv.lr(500, parent_lr=3e-4) == 3e-4  # continuous at N: the parent's LR
+    assert iv.lr(510, parent_lr=3e-4) == pytest.approx(3e-4 + (iv.params["lr"] - 3e-4) / 2, rel=1e-12)
+    assert iv.lr(520, parent_lr=3e-4) == pytest.approx(iv.params["lr"], rel=1e-12)
 
 
 def test_the_emas_start_is_recorded_with_its_weight_at_the_end():
