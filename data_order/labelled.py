@@ -73,12 +73,11 @@ class EntropyCounts:
     every plug-in entropy (m occupied bins, n samples), for estimates from a sample of rows.
     """
 
-    FLUSH = 1 << 23  # pair codes buffered before they are merged into the sorted counts
+    FLUSH = 1 << 23  # pair codes buffered before they are counted into a sorted run
 
     def __init__(self) -> None:
         self.unigram = np.zeros(0, dtype=np.int64)
-        self.pair_codes = np.zeros(0, dtype=np.uint64)
-        self.pair_counts = np.zeros(0, dtype=np.int64)
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # sorted (pair code, count) runs, larger first
         self._pending: list[np.ndarray] = []
         self._pending_size = 0
         self.tokens = 0
@@ -112,12 +111,21 @@ class EntropyCounts:
         return self
 
     def _flush(self) -> None:
-        if not self._pending:
-            return
-        codes, counts = np.unique(np.concatenate(self._pending), return_counts=True)
-        self._pending, self._pending_size = [], 0
-        self.pair_codes, self.pair_counts = _merge_counts(self.pair_codes, self.pair_counts, codes,
-                                                          counts.astype(np.int64))
+        if self._pending:
+            codes, counts = np.unique(np.concatenate(self._pending), return_counts=True)
+            self._pending, self._pending_size = [], 0
+            self._runs.append((codes, counts.astype(np.int64)))
+        # merge runs of similar size only (as a log-structured merge): O(n log n) over the whole stream
+        while len(self._runs) >= 2 and len(self._runs[-2][0]) <= 2 * len(self._runs[-1][0]):
+            (a, ca), (b, cb) = self._runs[-2], self._runs.pop()
+            self._runs[-1] = _merge_counts(a, ca, b, cb)
+
+    def _pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        self._flush()
+        while len(self._runs) >= 2:
+            (a, ca), (b, cb) = self._runs[-2], self._runs.pop()
+            self._runs[-1] = _merge_counts(a, ca, b, cb)
+        return self._runs[0] if self._runs else (np.zeros(0, np.uint64), np.zeros(0, np.int64))
 
     def shannon(self, miller_madow: bool = False) -> float:
         h = _plugin_entropy(self.unigram)
@@ -126,11 +134,11 @@ class EntropyCounts:
         return h
 
     def conditional(self, miller_madow: bool = False) -> float:
-        self._flush()
+        codes, counts = self._pairs()
         if self.pairs == 0:
             return 0.0
-        joint = self.pair_counts.astype(np.float64)
-        first = self.pair_codes >> np.uint64(32)
+        joint = counts.astype(np.float64)
+        first = codes >> np.uint64(32)
         starts = np.flatnonzero(np.r_[True, first[1:] != first[:-1]])
         marginal = np.add.reduceat(joint, starts)
         given = np.repeat(marginal, np.diff(np.r_[starts, joint.size]))  # count of x for each pair (x, x')

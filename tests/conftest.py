@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # LAWA with k=2, every=16 from step 32 of the tiny toy (grid 32, 48, 64): at step 48 the training
 # weights (replace) or the averaged weights (eval) are exactly mean(parent step32, parent step48).
 LAWA_REPLACE = "lawa:k=2,every=16,mode=replace"
-LAWA_EVAL = "lawa:k=2,every=16,mode=eval"
+LAWA_EVAL = "lawa:k=2,every=16,mode=eval,window=branch"  # one snapshot at N: the averaged step N is the parent
 
 
 @pytest.fixture(scope="session", autouse=True)

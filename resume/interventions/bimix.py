@@ -45,6 +45,7 @@ from data_order.labelled import EntropyCounts, LabelledCorpus, StackedRows
 
 from .base import BranchContext
 from .params import PARENT, DeclaredIntervention, Param
+from .weights import is_main_process
 
 SUMMARY = (
     "bimix: the paper's training-free mixture r = softmax(H) over per-domain entropies (conditional = CE, the "
@@ -98,11 +99,15 @@ def heldout_start(ctx: BranchContext) -> int | None:
     return int(span[0]) if span else None
 
 
-def count_rows(take_rows: Any, rows: np.ndarray, chunk: int = ENTROPY_CHUNK_ROWS) -> EntropyCounts:
-    """Entropy counts over the given rows, read ``chunk`` rows at a time (sorted: reads run forward)."""
+def count_rows(take_rows: Any, rows: np.ndarray, chunk: int = ENTROPY_CHUNK_ROWS, desc: str = "") -> EntropyCounts:
+    """Entropy counts over the given rows, read ``chunk`` rows at a time (sorted: reads run forward);
+    a progress bar when that takes many reads (a released run's pool: millions of rows)."""
+    from tqdm.auto import tqdm
+
     counts = EntropyCounts()
     ordered = np.sort(np.asarray(rows, dtype=np.int64))
-    for i in range(0, ordered.size, chunk):
+    quiet = ordered.size < 64 * chunk or not is_main_process()
+    for i in tqdm(range(0, ordered.size, chunk), desc=f"bimix entropy {desc}", unit="chunk", disable=quiet):
         counts.add(np.asarray(take_rows(ordered[i:i + chunk])))
     return counts
 
@@ -194,7 +199,7 @@ class BiMix(DeclaredIntervention):
         self.domain_ids = sorted(int(d) for d in np.unique(after_labels))
         for d in self.domain_ids:
             self.domain_rows[d] = after[after_labels == d]
-            self.entropies[d] = self._entropy_of(ctx.take_rows, self.domain_rows[d])
+            self.entropies[d] = self._entropy_of(ctx.take_rows, self.domain_rows[d], self.domain_name(d))
 
     def _setup_corpus(self, ctx: BranchContext) -> None:
         from checkpoints_cache.hub import branchpoint_home
@@ -218,14 +223,15 @@ class BiMix(DeclaredIntervention):
         for d in self.domain_ids:
             self.domain_rows[d] = rows[labels == d]
             name = self.corpus.names[d]
-            self.entropies[d] = exact[name] if not p["sample_rows"] else self._entropy_of(data.take, self.domain_rows[d])
+            self.entropies[d] = exact[name] if not p["sample_rows"] else self._entropy_of(data.take, self.domain_rows[d],
+                                                                                           name)
 
-    def _entropy_of(self, take_rows: Any, rows: np.ndarray) -> float:
+    def _entropy_of(self, take_rows: Any, rows: np.ndarray, name: str) -> float:
         p = self.params
         if p["sample_rows"]:
             sample = rows[sample_positions(len(rows), p["sample_rows"])]
-            return count_rows(take_rows, sample).entropy(p["entropy"], miller_madow=True)
-        return count_rows(take_rows, rows).entropy(p["entropy"])
+            return count_rows(take_rows, sample, desc=name).entropy(p["entropy"], miller_madow=True)
+        return count_rows(take_rows, rows, desc=name).entropy(p["entropy"])
 
     def _tokenizer(self, ctx: BranchContext) -> Any:
         """The tokenizer for text_column: tokenizer=, else the parent's checkpoint folder at N, else the
