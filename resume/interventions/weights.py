@@ -34,8 +34,12 @@ def _distributed() -> bool:
 
 
 def is_main_process() -> bool:
-    """Rank 0 of the process group (accelerate's main process), or the only process."""
-    return not _distributed() or torch.distributed.get_rank() == 0
+    """Rank 0 of the process group (accelerate's main process), or the only process. Before the process
+    group exists (an intervention is set up before the accelerator, to validate the branch first), the
+    launcher's RANK says it."""
+    if _distributed():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 @torch.no_grad()
