@@ -2,8 +2,9 @@
 
 ``resolve_run(spec)`` turns ``pythia-160m-deduped``, ``EleutherAI/pythia-160m-deduped``,
 ``LLM360/Amber`` or a path to a trajectory directory into a ``RunInfo``: step grid, revision
-names, recipe, architecture, data-order source, known defects. The released runs are rows of data
-in ``runs_table.py``; nothing here talks to the network.
+names, recipe, architecture, data-order source, known defects. The released runs are run cards,
+TOML files (``checkpoints_cache/runs/*.toml`` and the user's, named by ``BRANCHPOINT_RUNS``; see
+``cards.py``); nothing here talks to the network.
 """
 
 from __future__ import annotations
@@ -11,16 +12,15 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from . import data_store
-from .defects import Defect, defects_for
+from .cards import Card, all_cards
+from .defects import Defect, defects_of
 from .errors import UserError
 from .grids import PER_CHUNK_SCHEMES, REVISION_OF, step_of_revision
 from .recipe import Recipe
-from .runs_table import all_rows
 from .trajectory import Trajectory, describe_nearest
 
 
@@ -30,7 +30,7 @@ class RunInfo:
 
     name: str
     repo_id: str | None  # None for local trajectories
-    family: str  # "pythia" | "amber" | "k2" | "crystal" | "local"
+    family: str  # "pythia" | "amber" | "k2" | "crystal" | "other" (cards.FAMILIES) | "local"
     steps: list[int]  # the checkpoint grid (local: the steps on disk)
     recipe: Recipe
     architecture: dict[str, Any]
@@ -40,15 +40,19 @@ class RunInfo:
     trajectory: Trajectory | None = None
     scheme: str = "stepN"  # revision naming: "stepN" | "amber" | "k2" | "crystal"
     notes: list[str] = field(default_factory=list)
+    source: str = ""  # the run card's path (bundled or the user's); the directory for local runs
     # Where the run's own optimizer state lives (the card's [optimizer_state] table, verbatim): for Pythia the
     # NeoX checkpoints, {"kind": "neox-zero1", "repo_id", "revision": "step{N}" | a branch, "step", ...}.
     optimizer_state: dict[str, Any] | None = None
     branch_notes: list[str] = field(default_factory=list)  # printed by `branch` (e.g. an unsettled LR schedule)
+    bundled: bool = False  # True for cards shipped with branchpoint
+    aliases: list[str] = field(default_factory=list)
+    card: dict[str, Any] = field(default_factory=dict)  # the whole parsed card (other tables included)
 
     def check_step(self, step: int) -> None:
         """Raise a UserError naming the nearest available steps if ``step`` is not on the grid."""
-        if self.family == "crystal" and not self.steps:
-            return  # grid known only from the Hub; a missing branch is reported when fetching
+        if not self.steps and not self.is_local:
+            return  # grid known only from the Hub (Crystal); a missing branch is reported when fetching
         if step not in self.steps:
             raise UserError(
                 f"step {step} is not a checkpoint of {self.name}; nearest available: "
@@ -97,30 +101,41 @@ class RunInfo:
         return self.trajectory is not None and self.trajectory.has_optimizer_state(step)
 
     def defects_at(self, step: int) -> list[Defect]:
-        return [d for d in self.defects if d.affects(self.name, self.family, step)]
+        return [d for d in self.defects if d.affects(step)]
 
     @property
     def is_local(self) -> bool:
         return self.family == "local"
 
 
-@lru_cache(maxsize=1)
-def _rows() -> dict[str, dict[str, Any]]:
-    return {row["name"]: row for row in all_rows()}
+def _cards() -> dict[str, Card]:
+    return {card.name: card for card in all_cards()}
 
 
 def known_runs() -> list[dict[str, Any]]:
-    """The registry rows, in table order (for ``branchpoint runs``)."""
-    return list(_rows().values())
+    """Every card (bundled first, then the user's), as its parsed TOML plus ``source`` (the card
+    file) and ``origin`` (``bundled`` or the file), for ``branchpoint runs``."""
+    return [{**card.data, "source": card.source, "origin": card.origin} for card in _cards().values()]
 
 
-def _aliases() -> dict[str, str]:
-    """Lower-cased spellings -> registry name: the name itself and the repo id."""
+def card_of(spec: str) -> Card:
+    """The card a registry name, alias or repo id names (UserError with suggestions otherwise)."""
+    cards = _cards()
+    name = _aliases(cards).get(str(spec).strip().lower())
+    if name is None:
+        raise _unknown(str(spec).strip(), _aliases(cards))
+    return cards[name]
+
+
+def _aliases(cards: dict[str, Card]) -> dict[str, str]:
+    """Lower-cased spellings -> card name: the name, its aliases and its repo id (the first card
+    with a repo id keeps it: a user card sharing a bundled repo is reached by its own name)."""
     out: dict[str, str] = {}
-    for name, row in _rows().items():
-        out[name.lower()] = name
-        out[row["repo_id"].lower()] = name
-    out["llm360/crystal"] = "crystal"  # the repo was renamed from CrystalCoder (llm360.md §1.3)
+    for name, card in cards.items():
+        out.setdefault(card.data["repo_id"].lower(), name)
+    for name, card in cards.items():
+        for spelling in [name, *card.data.get("aliases", [])]:
+            out[spelling.lower()] = name
     return out
 
 
@@ -143,7 +158,9 @@ def _data_order_with_path(order: dict[str, Any], architecture: dict[str, Any] | 
     return order
 
 
-def _from_row(row: dict[str, Any]) -> RunInfo:
+def _from_card(card: Card) -> RunInfo:
+    row = card.data
+    order = {"repo_id": None, "repo_type": "dataset", "revision": "main", "note": "", **row["data_order"]}
     return RunInfo(
         name=row["name"],
         repo_id=row["repo_id"],
@@ -151,13 +168,17 @@ def _from_row(row: dict[str, Any]) -> RunInfo:
         steps=list(row["grid"]),
         recipe=Recipe.from_dict(row["recipe"]),
         architecture=dict(row["architecture"]),
-        data_order=_data_order_with_path(row["data_order"], row.get("architecture")),
-        defects=defects_for(row["name"], row["family"]),
+        data_order=_data_order_with_path(order, row.get("architecture")),
+        defects=defects_of(list(_cards().values()), row["repo_id"]),
         trust_remote_code_required=bool(row.get("trust_remote_code", False)),
         scheme=row["scheme"],
         notes=list(row.get("notes", [])),
+        source=card.source,
         optimizer_state=dict(row["optimizer_state"]) if row.get("optimizer_state") else None,
         branch_notes=list(row.get("branch_notes", [])),
+        bundled=card.bundled,
+        aliases=list(row.get("aliases", [])),
+        card=row,
     )
 
 
@@ -180,7 +201,7 @@ def _from_trajectory(path: str) -> RunInfo:
             order["path"] = None
     return RunInfo(
         name=traj.name, repo_id=None, family="local", steps=traj.steps, recipe=traj.recipe, architecture=arch,
-        data_order=order, trajectory=traj,
+        data_order=order, trajectory=traj, source=str(traj.root),
     )
 
 
@@ -203,13 +224,18 @@ def resolve_run(spec: str) -> RunInfo:
     spec = str(spec).strip()
     if spec.lower() in TOY_ALIASES and not _looks_like_path(spec):
         return _from_trajectory(str(toy_dir(spec)))
-    aliases = _aliases()
+    cards = _cards()
+    aliases = _aliases(cards)
     name = aliases.get(spec.lower())
     if name is not None:
-        return _from_row(_rows()[name])
+        return _from_card(cards[name])
     if _looks_like_path(spec):
         return _from_trajectory(spec)
+    raise _unknown(spec, aliases)
+
+
+def _unknown(spec: str, aliases: dict[str, str]) -> UserError:
     close = difflib.get_close_matches(spec.lower(), list(aliases), n=3, cutoff=0.6)
     suggestion = ", ".join(dict.fromkeys(aliases[c] for c in close)) if close else None
     hint = f"did you mean {suggestion}?" if suggestion else "`branchpoint runs` lists the known runs"
-    raise UserError(f"unknown run {spec!r}; {hint} (a trajectory directory path also works)")
+    return UserError(f"unknown run {spec!r}; {hint} (a trajectory directory path also works)")

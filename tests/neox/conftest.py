@@ -213,15 +213,11 @@ def neox_env(neox_world: NeoXWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     return e
 
 
-# Several `branchpoint` commands in one process (imports cost seconds on a busy machine), the registry holding
-# one more card when given (a user card of a tiny run), each command's exit status and output kept apart.
+# Several `branchpoint` commands in one process (imports cost seconds on a busy machine), with one more run
+# card when given (a user card of a tiny run, through BRANCHPOINT_RUNS), each command's exit status and output
+# kept apart.
 _COMMANDS = """
 import contextlib, io, json, os, sys
-import checkpoints_cache.registry as registry
-card = os.environ.get("BRANCHPOINT_TEST_CARD")
-if card:
-    rows = registry.all_rows
-    registry.all_rows = lambda: rows() + [json.loads(card)]
 from resume.cli import main
 results = []
 for argv in json.loads(sys.argv[1]):
@@ -242,7 +238,14 @@ class Result:
 
 def run_commands(env: Env, *commands: list[str], card: dict | None = None, timeout: int = 300) -> list[Result]:
     """Run ``branchpoint`` commands in one subprocess (environment set before huggingface_hub is imported)."""
-    e = {**env.vars(), **({"BRANCHPOINT_TEST_CARD": json.dumps(card)} if card else {})}
+    e = env.vars()
+    if card:
+        from ..checkpoints_cache.release import toml_card
+
+        path = env.home / "cards" / f"{card['name']}.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(toml_card(card))
+        e["BRANCHPOINT_RUNS"] = str(path)
     p = subprocess.run([sys.executable, "-c", _COMMANDS, json.dumps([list(c) for c in commands])], env=e,
                        capture_output=True, text=True, timeout=timeout, cwd=str(Path(__file__).resolve().parents[2]))
     assert p.returncode == 0, p.stderr[-3000:]

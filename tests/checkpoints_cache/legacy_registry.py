@@ -1,16 +1,26 @@
-"""The released runs branchpoint knows, as plain data rows (no logic beyond building the rows).
+"""FROZEN copy of ``checkpoints_cache/runs_table.py`` and ``defects.py`` as they were before run cards.
+
+Test data only: ``test_cards.py`` checks that the bundled TOML cards describe exactly these runs,
+field for field, and the same known defects. Do not edit to make a test pass; the cards are the
+source of truth now. (Taken from main after issues 11 and 15 had added ``optimizer_state``,
+``branch_notes``, ``weight_decay_scope`` and the LLM360 ``[data_order]`` keys to the rows.)
+
+Original docstring: the released runs branchpoint knows, as plain data rows.
 
 Sources: pythia.md §1.1 (names), §1.3 (config facts), §2.1-§2.2 (recipes), §4.1 (data-order repos);
 llm360.md §1.1/§1.3/§1.4 (repos, revisions), §3 (data order), §4 (recipes); neox_ckpt.md §15 (NeoX
 checkpoint repos: ``optimizer_state``); neox_fidelity.md §4-§5 (precision per run, unsettled schedules).
-``registry.py`` turns a row into a ``RunInfo``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .grids import AMBER_GRID, K2_GRID, PYTHIA_GRID
+# The grids as checkpoints_cache/grids.py defined them (inlined so this copy stays frozen).
+PYTHIA_LOG_STEPS: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+PYTHIA_GRID: tuple[int, ...] = PYTHIA_LOG_STEPS + tuple(range(1000, 143001, 1000))
+AMBER_GRID: tuple[int, ...] = tuple((k + 1) * 762 for k in range(360))
+K2_GRID: tuple[int, ...] = tuple(941 * k for k in range(1, 361))
 
 # size: (layers, d_model, heads, peak lr, vocab_size, precision, init)   -- pythia.md §2.2, §1.3
 PYTHIA_SIZES: dict[str, tuple[int, int, int, float, int, str, str]] = {
@@ -243,3 +253,71 @@ def llm360_rows() -> list[dict[str, Any]]:
 
 def all_rows() -> list[dict[str, Any]]:
     return pythia_rows() + llm360_rows()
+
+
+def _defect(issue, steps, text, runs=(), family="pythia") -> dict:
+    return {"issue": issue, "steps": steps, "text": text, "runs": tuple(runs), "family": family}
+
+
+# pythia#205: 76 step branches of pythia-2.8b hold a model.safetensors byte-identical to main:
+# steps 0-512, every 1000 from 1000 to 53000, and 55k, 60k, ..., 140k (pythia.md §1.4).
+_P28B_DUP_STEPS = frozenset(
+    list(PYTHIA_LOG_STEPS)
+    + list(range(1000, 53001, 1000))
+    + [55000, 60000, 65000, 70000, 80000, 90000, 100000, 103000, 110000, 120000, 130000, 140000]
+)
+
+DEFECTS: list[dict] = [
+    _defect(
+        "EleutherAI/pythia#83",
+        frozenset({0, 1}),
+        "step0 and step1 are identical for every Pythia model (the first update ran with lr = 0)",
+    ),
+    _defect(
+        "EleutherAI/pythia#198",
+        frozenset({0, 2}),
+        "step0 and step2 are reported identical too (cause unverified, possibly an fp16 overflow skip)",
+    ),
+    _defect(
+        "EleutherAI/pythia#205",
+        _P28B_DUP_STEPS,
+        "model.safetensors of this branch is byte-identical to main (wrong upload); only non-round steps 66000-142000 are unique",
+        runs=("pythia-2.8b",),
+    ),
+    _defect(
+        "EleutherAI/pythia#195",
+        frozenset(s for s in PYTHIA_GRID if s <= 6300),
+        "weights reported byte-identical between step0 and step6300",
+        runs=("pythia-2.8b",),
+    ),
+    _defect(
+        "EleutherAI/pythia#206",
+        frozenset({50000, 58000}),
+        "the first shard (holding embed_in) equals the shard on main",
+        runs=("pythia-12b",),
+    ),
+    _defect(
+        "EleutherAI/pythia#202",
+        frozenset({40000}),
+        "this branch has no weights",
+        runs=("pythia-410m-seed9",),
+    ),
+    _defect("EleutherAI/pythia#202", frozenset({88000}), "this branch has no weights", runs=("pythia-410m-seed6",)),
+    _defect("EleutherAI/pythia#202", frozenset({111000}), "this branch has no weights", runs=("pythia-410m-seed2",)),
+    _defect(
+        "EleutherAI/pythia#203",
+        frozenset(s for s in PYTHIA_GRID if s >= 1),
+        "checkpoints at step >= 1 do not descend from this run's own step0",
+        runs=("pythia-160m-weight-seed1", "pythia-160m-weight-seed2"),
+    ),
+]
+
+
+def legacy_defects_for(run_name: str, family: str) -> list[dict]:
+    """The defects the old family-based lookup attached to ``run_name`` (as dicts: issue, steps, text)."""
+    out = []
+    for d in DEFECTS:
+        if d["family"] != family or (d["runs"] and run_name not in d["runs"]):
+            continue
+        out.append({"issue": d["issue"], "steps": None if d["steps"] is None else sorted(d["steps"]), "text": d["text"]})
+    return out
