@@ -11,6 +11,9 @@ Exactness: the LR is a pure function of ``n`` written into the param groups; the
 fixed and the number of accumulation steps is derived from the world size
 (``data_order.steps.rank_microbatches``); the optimizer state, weights and data cursor are restored
 exactly. On CPU the arithmetic is fp32 and a control branch reproduces the parent bit for bit.
+
+Memory: the loss is ``resume.loss.CausalLMLoss`` (chunked cross-entropy, never the full fp32
+logits); that wrapper is what ``accelerator.prepare`` wraps, so DDP/FSDP hooks fire on its forward.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from transformers.utils import logging as hf_logging
@@ -45,6 +47,7 @@ from checkpoints_cache.trajectory import (
 )
 from data_order.steps import accumulation_steps, rank_microbatches
 from resume.interventions.base import Control, Intervention
+from resume.loss import CausalLMLoss
 from resume.optim import build_optimizer
 from resume.schedule import lr_at
 from resume.state import STATE_DIR, SavedState, load_state, set_rng_state, tensor_bytes, write_training_state
@@ -222,8 +225,9 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
     main = accelerator.is_main_process
 
     # --- model and optimizer: weights at start_step, the parent's AdamW, the saved moments -------
-    model = job.model.to(accelerator.device)
-    optimizer = build_optimizer(model, recipe)
+    hf_model = job.model.to(accelerator.device)
+    optimizer = build_optimizer(hf_model, recipe)
+    model = CausalLMLoss(hf_model)
     start = job.start_step
     if job.resume_from is not None:
         optimizer.load_state_dict(job.resume_from.optimizer_state())
@@ -238,7 +242,7 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
         scaler_state = job.resume_from.scaler_state()
         if scaler_state:
             accelerator.scaler.load_state_dict(scaler_state)
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model).model  # the transformers model (saved, given to interventions)
     params = [p for p in model.parameters() if p.requires_grad]
     scaler, offset = job.loss_scaler, job.schedule_offset
     if job.resume_from is not None:
@@ -271,8 +275,7 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
             ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
             with ctx:
                 with accelerator.autocast():
-                    logits = model(input_ids=inputs).logits
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1))
+                    loss = model(inputs, labels)
                 accelerator.backward((loss if loss_scale == 1.0 else loss * loss_scale) / n_accum)
             loss_sum += loss.detach()
         return loss_sum / n_accum, np.concatenate(seen)

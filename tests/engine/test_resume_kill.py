@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -37,6 +38,8 @@ KILLER = textwrap.dedent(
 
 def run_killed(args: list[str], kill_at: int) -> subprocess.CompletedProcess:
     env = {"KILL_AT": str(kill_at), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    if "OMP_NUM_THREADS" in os.environ:  # the same thread count as this process: CPU sums depend on it
+        env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
     return subprocess.run([sys.executable, "-c", KILLER, *args], cwd=REPO, env=env, capture_output=True, text=True)
 
 

@@ -1,0 +1,98 @@
+"""The training loss without the full logits: next-token cross-entropy chunked over tokens.
+
+A Pythia-vocabulary micro-batch row has 2048 x 50304 fp32 logits = 412 MB; ``F.cross_entropy`` on
+the full logits keeps them (and their log-softmax) alive until backward, so the peak grows with
+B*T*V. ``CausalLMLoss`` runs the model's body to the last hidden state and then, chunk by chunk
+of tokens, the LM head and the cross-entropy; each chunk sits inside ``torch.utils.checkpoint``,
+so its logits are freed at once and recomputed in backward. The peak then holds the logits of one
+chunk (``logits_chunk_tokens``), whatever the micro-batch.
+
+The engine ``accelerator.prepare``s this wrapper (not the bare model), so DDP/FSDP hooks fire on
+its forward. It works for any transformers causal LM whose logits are the output embedding applied
+to the base model's last hidden state: GPT-NeoX (Pythia), Llama (LLM360 Amber/K2), and the models
+Gstack grows from them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from checkpoints_cache.errors import UserError
+
+# fp32 logits of one chunk: 128 MiB (667 tokens of a 50304 vocabulary). Backward holds about three
+# such buffers (logits, softmax, their gradient), forward one. A toy micro-batch (256 tokens x 128)
+# is a single chunk.
+LOGITS_CHUNK_BYTES = 128 << 20
+IGNORE_INDEX = -100
+
+# Config attributes of models whose logits are not just head(hidden): they would need their own loss.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_logits_scale")
+
+
+def logits_chunk_tokens(vocab_size: int, budget_bytes: int = LOGITS_CHUNK_BYTES) -> int:
+    """Tokens per chunk so that one chunk's fp32 logits take at most ``budget_bytes``."""
+    return max(1, budget_bytes // (4 * int(vocab_size)))
+
+
+def base_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(the body producing the last hidden state, the LM head) of a transformers causal LM."""
+    config = getattr(model, "config", None)
+    for attr in _LOGIT_TRANSFORMS:
+        value = getattr(config, attr, None)
+        if value not in (None, 0, 1, 1.0, False):
+            raise UserError(
+                f"{getattr(config, 'model_type', type(model).__name__)} transforms its logits ({attr}={value}); "
+                "branchpoint's chunked loss supports models whose logits are the head applied to the last hidden state"
+            )
+    head = model.get_output_embeddings()
+    body = getattr(model, "base_model", None)
+    if body is None or body is model:
+        body = getattr(model, "model", None)
+    if head is None or body is None or not hasattr(head, "weight"):
+        raise UserError(f"{type(model).__name__} has no separate body and LM head; branchpoint trains causal LMs "
+                        "such as GPTNeoXForCausalLM and LlamaForCausalLM")
+    return body, head
+
+
+def _chunk_loss_sum(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden)
+    return F.cross_entropy(logits.float(), labels, reduction="sum", ignore_index=IGNORE_INDEX)
+
+
+def chunked_cross_entropy(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+    """Mean cross-entropy of ``head(hidden)`` against ``labels`` ([N, d] and [N]), chunk by chunk.
+
+    Equal to ``F.cross_entropy(head(hidden).float(), labels)`` up to the order of the fp32 sums."""
+    count = (labels != IGNORE_INDEX).sum().clamp(min=1)
+    n = hidden.shape[0]
+    if n <= chunk_tokens:  # one chunk: nothing to free early, no recomputation
+        return _chunk_loss_sum(head, hidden, labels) / count
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for h, y in zip(hidden.split(chunk_tokens), labels.split(chunk_tokens)):
+        total = total + checkpoint(_chunk_loss_sum, head, h, y, use_reentrant=False)
+    return total / count
+
+
+class CausalLMLoss(nn.Module):
+    """``forward(input_ids, labels)`` -> mean next-token loss of ``model``, never materialising the
+    full fp32 logits (``labels`` are the targets already shifted: row[1:] for inputs row[:-1])."""
+
+    def __init__(self, model: nn.Module, chunk_tokens: int | None = None):
+        super().__init__()
+        self.model = model
+        base_and_head(model)  # refuse unsupported models now, not in the first forward
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.chunk_tokens = int(chunk_tokens or logits_chunk_tokens(vocab))
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        body, head = base_and_head(self.model)
+        hidden = body(input_ids=input_ids, use_cache=False)[0]
+        return chunked_cross_entropy(head, hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1), self.chunk_tokens)
+
+    def describe(self) -> dict[str, Any]:
+        return {"loss": "chunked cross-entropy (resume/loss.py)", "logits_chunk_tokens": self.chunk_tokens}
