@@ -1,15 +1,16 @@
 """The partial data store: only the byte ranges of a dataset repo's files that a branch needs.
 
-Pythia's preshuffled data is 21 shards of ~30 GB (pythia.md §4.1); a branch of K steps needs
-K * 1024 rows of 2049 tokens, a few GB. HF's cache stores whole files only, so ranges live in a
-folder of our own, one per pinned commit::
+Pythia's preshuffled data is 21 shards of ~30 GB and a 2.9 GB index (pythia.md §4.1, §4.3); a
+branch of K steps needs K * 1024 rows of 2049 tokens and 12 bytes of index per row. HF's cache
+stores whole files only, so ranges live in a folder of our own, one per pinned commit::
 
     $BRANCHPOINT_HOME/data/            (default $HF_HOME/branchpoint/data)
       datasets--EleutherAI--pile-deduped-pythia-preshuffled/
         refs/main                      # commit sha the branch name pointed to when fetched
         <commit>/
           manifest.json                # repo, revision, commit, endpoint, per-file size + LFS sha256
-          document.idx                 # symlink to the verified blob in the HF cache
+          document.idx                 # sparse file: header + the entries of the fetched rows (or, from
+                                       #   older fetches, a symlink to the whole verified blob in the HF cache)
           document-000XX-of-00020.bin  # sparse files of full logical size, only fetched ranges written
           fetched_ranges.json          # {"<file>": [[start, end], ...]} merged, end exclusive
 
@@ -366,7 +367,8 @@ def fetch_ranges(
             stats.whole_files[n] = _link_into(folder, n, path)
 
         fetched = read_fetched(folder)
-        todo = {n: subtract_ranges(rs, fetched.get(n, [])) for n, rs in wanted.items()}
+        # A file linked whole (document.idx of an older fetch) already holds every range.
+        todo = {n: subtract_ranges(rs, fetched.get(n, [])) for n, rs in wanted.items() if not (folder / n).is_symlink()}
         todo = {n: rs for n, rs in todo.items() if rs}
         total = sum(e - s for rs in todo.values() for s, e in rs)
         stats.bytes_requested = total

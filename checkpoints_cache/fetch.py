@@ -318,22 +318,14 @@ class PlannedFile:
 
 
 @dataclass
-class DataPlan:
-    repo_id: str
-    first_batch: int
-    num_batches: int
-    rows: tuple[int, int]
-    row_bytes: int  # bytes of the needed rows (what the range reads move)
-    index_file: str
-    index_size: int | None
-
-
-@dataclass
 class FetchPlan:
+    """The weight files a fetch of some steps moves (the data rows are planned by data_order.remote)."""
+
     run: str
     files: list[PlannedFile] = field(default_factory=list)
-    data: list[DataPlan] = field(default_factory=list)
     offline: bool = False
+    # What others plan next to the weights (data_order.remote's rows): (lines, total bytes, bytes to download).
+    extra: list[tuple[list[str], int, int]] = field(default_factory=list)
 
     @property
     def weights_bytes(self) -> int:
@@ -341,49 +333,53 @@ class FetchPlan:
 
     @property
     def download_bytes(self) -> int:
-        return sum(f.size for f in self.files if not f.cached)
-
-    @property
-    def data_bytes(self) -> int:
-        idx = {(d.repo_id, d.index_file): d.index_size or 0 for d in self.data}
-        return sum(d.row_bytes for d in self.data) + sum(idx.values())
+        return sum(f.size for f in self.files if not f.cached) + sum(todo for _, _, todo in self.extra)
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.data_bytes
+        return self.weights_bytes + sum(total for _, total, _ in self.extra)
 
     def lines(self) -> list[str]:
         out = []
         for f in self.files:
             state = "cached" if f.cached else "to fetch"
             out.append(f"{f.repo_id}@{f.revision}  {f.filename}  {human(f.size)}  ({state})")
-        seen = set()
-        for d in self.data:
-            if (d.repo_id, d.index_file) not in seen:
-                seen.add((d.repo_id, d.index_file))
-                size = human(d.index_size) if d.index_size is not None else "size unknown offline"
-                out.append(f"{d.repo_id}  {d.index_file}  {size}")
-            out.append(f"{d.repo_id}  rows {d.rows[0]}..{d.rows[1] - 1} (batches {d.first_batch}.."
-                       f"{d.first_batch + d.num_batches - 1})  {human(d.row_bytes)}  (byte ranges of the shards)")
-        out.append(f"total: {human(self.total_bytes)} ({self.total_bytes} bytes); "
-                   f"to download: {human(self.download_bytes + self.data_bytes)}")
+        for lines, _, _ in self.extra:
+            out.extend(lines)
+        out.append(f"total: {human(self.total_bytes)} ({self.total_bytes} bytes); to download: {human(self.download_bytes)}")
         return out
 
-    def check_disk(self, cache_dir: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None) -> None:
-        """Refuse (UserError) when the cache or the data store lacks room for what this plan downloads."""
-        from .data_store import data_root as _data_root
+    def check_disk(self, cache_dir: str | os.PathLike | None = None, extra: list[tuple[Path, int]] = ()) -> None:
+        """Refuse (UserError) when the cache (or a place in ``extra``) lacks room for what is downloaded."""
+        weights = sum(f.size for f in self.files if not f.cached)
+        check_free_disk([(hub.hub_cache(cache_dir), weights), *extra])
 
-        needs = [(hub.hub_cache(cache_dir), self.download_bytes + sum(d.index_size or 0 for d in self.data)),
-                 (_data_root(data_root), sum(d.row_bytes for d in self.data))]
-        for where, need in needs:
-            if need <= 0:
-                continue
-            free = shutil.disk_usage(_existing_parent(where)).free
-            if need > free:
-                raise UserError(
-                    f"not enough disk: the fetch needs {human(need)} at {where} but only {human(free)} is free; "
-                    "free some space or point HF_HOME / HF_HUB_CACHE at a bigger disk"
-                )
+
+def free_disk(where: str | os.PathLike) -> int:
+    return shutil.disk_usage(_existing_parent(Path(where))).free
+
+
+def check_free_disk(needs: list[tuple[Path, int]], what: str = "the fetch", as_write_failure: bool = False) -> None:
+    """UserError naming the place when ``need`` bytes do not fit; places on one filesystem add up.
+    ``as_write_failure``: raise ``disk.DiskFullError`` instead (what a write that ran out of room raises:
+    the same one line and exit status, before anything is written)."""
+    by_device: dict[int, list[tuple[Path, int]]] = {}
+    for where, need in needs:
+        if need > 0:
+            by_device.setdefault(os.stat(_existing_parent(Path(where))).st_dev, []).append((Path(where), need))
+    for places in by_device.values():
+        need = sum(n for _, n in places)
+        where = places[0][0]
+        free = free_disk(where)
+        if need > free and as_write_failure:
+            from .disk import DiskFullError
+
+            raise DiskFullError(where, need, free)
+        if need > free:
+            raise UserError(
+                f"not enough disk: {what} needs {human(need)} at {where} but only {human(free)} is free; "
+                "free some space or point HF_HOME / HF_HUB_CACHE (and --out) at a bigger disk"
+            )
 
 
 def _existing_parent(p: Path) -> Path:
@@ -408,14 +404,14 @@ def _index_reader(repo_id: str, commit: str, entries: dict[str, RepoFile], endpo
     return reader
 
 
-def _remote_files(run: RunInfo, step: int, *, endpoint, cache_dir, trust_remote_code, progress=False):
+def _remote_files(run: RunInfo, step: int, *, endpoint, cache_dir, trust_remote_code, progress=False, read_indexes=True):
     assert run.repo_id is not None
     rev = run.revision(step)
     commit = hub.resolve_commit(run.repo_id, rev, endpoint=endpoint)
     entries = hub.list_files(run.repo_id, commit, endpoint=endpoint)
+    reader = _index_reader(run.repo_id, commit, entries, endpoint, cache_dir, progress) if read_indexes else None
     try:
-        chosen, fmt = choose_files(set(entries), trust_remote_code,
-                                   _index_reader(run.repo_id, commit, entries, endpoint, cache_dir, progress))
+        chosen, fmt = choose_files(set(entries), trust_remote_code, reader)
     except UserError as e:
         raise UserError(f"{run.repo_id}@{rev}: {e}") from None
     return rev, commit, entries, chosen, fmt
@@ -449,16 +445,15 @@ def _cached_files(run: RunInfo, step: int, cache: Path, trust_remote_code: bool)
 
 
 def plan_fetch(
-    run: RunInfo, steps: list[int], data_steps: int | None = None, *, endpoint: str | None = None,
-    cache_dir: str | os.PathLike | None = None, trust_remote_code: bool = False, local_files_only: bool = False,
+    run: RunInfo, steps: list[int], *, endpoint: str | None = None, cache_dir: str | os.PathLike | None = None,
+    trust_remote_code: bool = False, local_files_only: bool = False, read_indexes: bool = True,
 ) -> FetchPlan:
-    """Files and bytes a fetch of ``steps`` (and ``data_steps`` batches after each) would move. Moves nothing
-    but metadata (one revision lookup and one file listing per step)."""
+    """Weight files and bytes a fetch of ``steps`` would move: one revision lookup and one file listing
+    per step. ``read_indexes=False`` (dry runs) names the shards of a sharded checkpoint by the
+    ``model-0000k-of-0000n`` convention instead of downloading its small index: nothing is written."""
     _check_trust(run, trust_remote_code)
     for s in steps:
         run.check_step(s)
-    if data_steps is not None and not run.is_local:
-        check_data_steps(run, data_steps)
     plan = FetchPlan(run=run.name, offline=hub.is_offline() or local_files_only)
     if run.is_local:
         return plan
@@ -470,47 +465,25 @@ def plan_fetch(
                 plan.files.append(PlannedFile(run.repo_id, rev, commit, n, (snap / n).stat().st_size, True))
             continue
         rev, commit, entries, chosen, _ = _remote_files(run, s, endpoint=endpoint, cache_dir=cache_dir,
-                                                      trust_remote_code=trust_remote_code)
+                                                      trust_remote_code=trust_remote_code, read_indexes=read_indexes)
         for n in chosen:
             plan.files.append(PlannedFile(run.repo_id, rev, commit, n, entries[n].size,
                                           _is_cached(cache, run.repo_id, commit, n)))
-    if data_steps:
-        plan.data = [_plan_data(run, s, data_steps, endpoint=endpoint, offline=plan.offline) for s in steps]
     return plan
 
 
-INDEX_FILE = "document.idx"
-
-
-def check_data_steps(run: RunInfo, k: int) -> dict:
-    """The run's data order if ``--data-steps k`` can be served (preshuffled rows), else a UserError."""
+def check_data_steps(run: RunInfo, k: int, what: str = "--data-steps") -> dict:
+    """The run's data order if ``--data-steps k`` can be served (preshuffled rows), else a UserError
+    (``what`` names the request in the message)."""
     order = run.data_order or {}
     if order.get("kind") != "mmidx" or not order.get("repo_id"):
         raise UserError(
-            f"--data-steps needs a run whose data order is published as preshuffled rows; {run.name}'s is "
+            f"{what} needs a run whose data order is published as preshuffled rows; {run.name}'s is "
             f"{order.get('kind', 'unknown')} ({order.get('note') or 'no source'})"
         )
     if k <= 0:
         raise UserError(f"--data-steps must be a positive number of batches, not {k}")
     return order
-
-
-def _plan_data(run: RunInfo, step: int, k: int, *, endpoint: str | None, offline: bool) -> DataPlan:
-    order = check_data_steps(run, k)
-    b, t = int(order["batch_size"]), int(order["seq_len"])
-    # Preshuffled rows are seq_len + 1 uint16 tokens (pythia.md §4.3), so the bytes are known
-    # before the index is read; the real ranges come from the index (data_order.remote).
-    row_bytes = k * b * (t + 1) * 2
-    idx_size = None
-    if not offline:
-        info = hub.with_retries(
-            lambda: hub.api(endpoint).get_paths_info(order["repo_id"], [INDEX_FILE], revision=order.get("revision", "main"),
-                                                     repo_type="dataset"),
-            f"paths-info {order['repo_id']}",
-        )
-        idx_size = info[0].size if info else None
-    # A branch from stepN trains on batch N first (DESIGN.md "Step semantics").
-    return DataPlan(order["repo_id"], step, k, (step * b, (step + k) * b), row_bytes, INDEX_FILE, idx_size)
 
 
 # -- fetch -------------------------------------------------------------------------------------------

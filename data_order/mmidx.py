@@ -19,7 +19,10 @@ every shard has the size of shard 0 except the last), so an item can straddle tw
 
 A folder fetched only in part (``checkpoints_cache`` fetch with ``--data-steps``) carries
 ``fetched_ranges.json`` = ``{"<shard file>": [[start, end], ...]}``: the listed byte ranges are
-the only ones written in its sparse shard files; reading anything else is refused.
+the only ones written in its sparse shard files; reading anything else is refused. When the
+manifest lists ``document.idx`` too, the index itself is such a sparse file (header, the entries
+of rows 0 and N-1 and of the rows fetched): rows whose entries were not fetched are refused the
+same way.
 """
 
 from __future__ import annotations
@@ -72,11 +75,34 @@ class DataOrderError(UserError):
 
 
 class NotFetchedError(DataOrderError):
-    """Rows of a partial folder lie outside the byte ranges that were fetched."""
+    """Rows of a partial folder lie outside the byte ranges that were fetched. ``spans`` lists every
+    missing run of rows as half-open ``(first, stop)``; the message names them all."""
 
-    def __init__(self, prefix: str, first_row: int, last_row: int, hint: str = FETCH_HINT):
+    def __init__(self, prefix: str, first_row: int, last_row: int, hint: str = FETCH_HINT,
+                 spans: list[tuple[int, int]] | None = None):
         self.prefix, self.first_row, self.last_row = prefix, first_row, last_row
-        super().__init__(f"rows {first_row}..{last_row} of {prefix} were not fetched; {hint}")
+        self.spans = spans or [(first_row, last_row + 1)]
+        what = ", ".join(f"{a}..{b - 1}" for a, b in self.spans)
+        super().__init__(f"rows {what} of {prefix} were not fetched; {hint}")
+
+
+def covered_mask(ranges: Sequence[Sequence[int]], lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """For each [lo, hi) byte span: is it inside one of ``ranges`` (sorted, merged, end exclusive)?"""
+    if not len(ranges):
+        return np.zeros(np.shape(lo), dtype=bool)
+    starts = np.fromiter((a for a, _ in ranges), dtype=np.int64)
+    ends = np.fromiter((b for _, b in ranges), dtype=np.int64)
+    i = np.searchsorted(starts, lo, side="right") - 1
+    return (i >= 0) & (ends[np.maximum(i, 0)] >= hi)
+
+
+def mask_spans(missing: np.ndarray, offset: int) -> list[tuple[int, int]]:
+    """Runs of True in ``missing`` as half-open ``(offset + first, offset + stop)`` spans."""
+    if not missing.any():
+        return []
+    padded = np.concatenate([[False], missing, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return [(offset + int(a), offset + int(b)) for a, b in zip(edges[::2], edges[1::2])]
 
 
 def shard_name(base: str, index: int, num_shards: int) -> str:
@@ -352,6 +378,8 @@ class MMapIndexedDataset:
         self._check_data_size()
 
     # -- index ----------------------------------------------------------------------------------
+    _index_fetched: list[tuple[int, int]] | None = None  # byte ranges of a partial index (None: whole)
+
     def _parse_index(self) -> None:
         path = self.index_path
         file_size = path.stat().st_size
@@ -402,6 +430,7 @@ class MMapIndexedDataset:
                 self._fetched = {str(k): sorted((int(a), int(b)) for a, b in v) for k, v in raw.items()}
             except (ValueError, TypeError, AttributeError) as e:
                 raise DataOrderError(f"{manifest_path} is not a valid fetched-ranges manifest ({e}); {FETCH_HINT} again") from None
+            self._index_fetched = self._fetched.pop(self.index_path.name, None)
         if single.is_file():
             size = single.stat().st_size
             return [_Shard(single.name, single, 0, size, True)]
@@ -414,6 +443,8 @@ class MMapIndexedDataset:
             if m:
                 found[int(m.group(1))] = (name, int(m.group(2)))
                 lasts.add(int(m.group(2)))
+        if not found and self._fetched is not None:
+            raise DataOrderError(f"no data rows of {self.prefix} were fetched yet; {FETCH_HINT}")
         if not found:
             raise DataOrderError(
                 f"no data for index {self.index_path}: neither {single.name} nor {base.name}-XXXXX-of-YYYYY.bin shards exist"
@@ -491,6 +522,7 @@ class MMapIndexedDataset:
     def byte_range(self, start: int, stop: int) -> tuple[int, int]:
         """(offset, nbytes) of items [start, stop) in the virtual ``.bin``."""
         self._check_range(start, stop)
+        self._require_index(np.arange(start, stop))
         if start == stop:
             return (int(self.pointers[start]) if start < self._n else self.data_nbytes), 0
         nbytes = int(self.sizes[start:stop].sum(dtype=np.int64)) * self.dtype.itemsize
@@ -535,13 +567,63 @@ class MMapIndexedDataset:
             pos += n
 
     def check_fetched(self, start: int, stop: int) -> None:
-        """Raise NotFetchedError if items [start, stop) are not all on disk (partial folders), without reading them."""
+        """Raise NotFetchedError naming every missing span if items [start, stop) are not all on disk
+        (partial folders), without reading them."""
         if self._fetched is None or stop <= start:
             return
         self._check_range(start, stop)
-        offset, nbytes = self.byte_range(start, stop)
-        for name, off, n in self.shard_spans(offset, nbytes):
-            self._require_fetched(self._by_name[name], off, n, start)
+        spans = self.missing_row_spans(start, stop)
+        if spans:
+            raise NotFetchedError(self.prefix, spans[0][0], spans[-1][1] - 1, spans=spans)
+
+    def _missing_mask(self, rows: np.ndarray) -> np.ndarray:
+        """For each item index: are its index entries or its bytes missing from this partial folder?"""
+        missing = ~self._index_mask(rows)
+        ok = np.flatnonzero(~missing)
+        if ok.size and self._fetched is not None:
+            lo = self.pointers[rows[ok]].astype(np.int64)
+            hi = lo + self.sizes[rows[ok]].astype(np.int64) * self.dtype.itemsize
+            missing[ok] = ~covered_mask(self._virtual_fetched(), lo, hi)
+        return missing
+
+    def _index_mask(self, rows: np.ndarray) -> np.ndarray:
+        if self._index_fetched is None:
+            return np.ones(rows.shape, dtype=bool)
+        r = rows.astype(np.int64)
+        sizes_at, pointers_at = HEADER_SIZE + 4 * r, HEADER_SIZE + 4 * self._n + 8 * r
+        have = self._index_fetched
+        return covered_mask(have, sizes_at, sizes_at + 4) & covered_mask(have, pointers_at, pointers_at + 8)
+
+    def _require_index(self, rows: np.ndarray) -> None:
+        if self._index_fetched is None or not rows.size:
+            return
+        self._raise_missing(rows, ~self._index_mask(rows))
+
+    def _raise_missing(self, rows: np.ndarray, missing: np.ndarray) -> None:
+        if missing.any():
+            bad = np.unique(rows[missing])
+            spans = mask_spans(np.isin(np.arange(bad[0], bad[-1] + 1), bad), int(bad[0]))
+            raise NotFetchedError(self.prefix, spans[0][0], spans[-1][1] - 1, spans=spans)
+
+    def _virtual_fetched(self) -> list[list[int]]:
+        """The fetched byte ranges of the shards as ranges of the virtual ``.bin``, merged."""
+        if getattr(self, "_virtual", None) is None:
+            pieces = sorted([s.start + a, s.start + b] for s in self._shards if s.present
+                            for a, b in (self._fetched or {}).get(s.name, []))
+            merged: list[list[int]] = []
+            for a, b in pieces:
+                if merged and a <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], b)
+                else:
+                    merged.append([a, b])
+            self._virtual = merged
+        return self._virtual
+
+    def missing_row_spans(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """Every run of items in [start, stop) a partial folder lacks (index entries or bytes)."""
+        if self._fetched is None or stop <= start:
+            return []
+        return mask_spans(self._missing_mask(np.arange(start, stop, dtype=np.int64)), start)
 
     def _require_fetched(self, shard: _Shard, off: int, n: int, first_item: int) -> None:
         ranges = self._fetched.get(shard.name, []) if shard.present else []
@@ -566,6 +648,7 @@ class MMapIndexedDataset:
         """Item ``i`` as a new array of the stored dtype."""
         if not (0 <= i < self._n):
             raise DataOrderError(f"item {i} is outside {self.prefix}, which has items 0..{self._n - 1}")
+        self._require_index(np.array([i]))
         offset, nbytes = int(self.pointers[i]), int(self.sizes[i]) * self.dtype.itemsize
         buf = np.empty(nbytes, dtype=np.uint8)
         self._read_bytes(offset, nbytes, buf, i)
@@ -583,6 +666,8 @@ class MMapIndexedDataset:
     def rows(self, start: int, stop: int, row_len: int) -> np.ndarray:
         """Items [start, stop) as a ``[stop-start, row_len]`` array; every item must have row_len tokens."""
         self._check_range(start, stop)
+        if self._fetched is not None:
+            self.check_fetched(start, stop)  # names every missing span before anything is read
         n = stop - start
         _willneed(self._index_map, HEADER_SIZE + 4 * start, 4 * n)  # sizes and pointers lie apart
         _willneed(self._index_map, HEADER_SIZE + 4 * self._n + 8 * start, 8 * n)
@@ -609,6 +694,8 @@ class MMapIndexedDataset:
         if idx.size and (idx.min() < 0 or idx.max() >= self._n):
             bad = int(idx[(idx < 0) | (idx >= self._n)][0])
             raise DataOrderError(f"item {bad} is outside {self.prefix}, which has items 0..{self._n - 1}")
+        if self._fetched is not None and idx.size:
+            self._raise_missing(idx, self._missing_mask(idx))
         sizes = self.sizes[idx]
         bad = np.flatnonzero(sizes != row_len)
         if bad.size:

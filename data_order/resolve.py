@@ -12,8 +12,9 @@ module exists.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -38,6 +39,7 @@ class DataSpec:
     steps_per_chunk: int | None = None  # kind "amber" only (default 762); lets tests use tiny chunks
     tokenizer: str | None = None  # name or path for --decode, when the run declares one
     order: dict[str, Any] | None = None  # kinds amber-chunks / k2-chunks: the whole [data_order] (data_order.chunked)
+    run: str | None = field(default=None, compare=False)  # the registry name of a released run (named in fetch hints)
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.path, self.batch_size, self.seq_len))
@@ -45,7 +47,7 @@ class DataSpec:
     def token_rows(self):
         from .source import TokenRows
 
-        return TokenRows(self.path, self.batch_size, self.seq_len)
+        return TokenRows(self.path, self.batch_size, self.seq_len, run=self.run)
 
 
 def _from_data_order(order: dict[str, Any] | None, base: Path | None, source: str, fetch_hint: str = "") -> DataSpec:
@@ -121,5 +123,7 @@ def resolve_data(run_spec: str) -> DataSpec:
     repo_id = getattr(run, "repo_id", None)
     if order and not order.get("tokenizer") and repo_id:
         order["tokenizer"] = repo_id  # --decode: the model repo carries the tokenizer (if in the HF cache)
-    hint = f"run `branchpoint fetch {run_spec} --step N --data-steps K` first"
-    return _from_data_order(order, None, f"run {run_spec}", fetch_hint=hint)
+    name = getattr(run, "name", run_spec)
+    hint = f"run `branchpoint fetch {name} --step N --data-steps K` first"
+    spec = _from_data_order(order, None, f"run {run_spec}", fetch_hint=hint)
+    return dataclasses.replace(spec, run=name)

@@ -18,7 +18,8 @@ class TokenRows:
     ``seq_len=2048`` (rows of 2049 tokens; reference/pythia.md §4.3).
     """
 
-    def __init__(self, path: str | os.PathLike | MMapIndexedDataset, batch_size: int, seq_len: int):
+    def __init__(self, path: str | os.PathLike | MMapIndexedDataset, batch_size: int, seq_len: int,
+                 run: str | None = None):
         if int(batch_size) != batch_size or batch_size < 1:
             raise DataOrderError(f"batch size {batch_size} must be a positive number of rows (Pythia: 1024)")
         if int(seq_len) != seq_len or seq_len < 1:
@@ -27,6 +28,7 @@ class TokenRows:
         self.batch_size = int(batch_size)
         self.seq_len = int(seq_len)
         self.row_len = self.seq_len + 1
+        self.run = run  # the registry name, for the fetch command in "not fetched" errors
         if len(self.dataset) and int(self.dataset.sizes[0]) != self.row_len:
             n = int(self.dataset.sizes[0])
             raise DataOrderError(
@@ -88,10 +90,21 @@ class TokenRows:
             raise self._not_fetched(e) from None
 
     def _not_fetched(self, e: NotFetchedError) -> NotFetchedError:
-        """Say which steps to fetch, now that the batch size is known."""
-        first, last = e.first_row // self.batch_size, e.last_row // self.batch_size
-        hint = f"run `branchpoint fetch RUN --step {first} --data-steps {last - first + 1}`"
-        return NotFetchedError(e.prefix, e.first_row, e.last_row, hint)
+        """Say which batches to fetch (every missing span), now that the batch size is known."""
+        b = self.batch_size
+        batches: list[list[int]] = []
+        for first, stop in e.spans:
+            lo, hi = first // b, -(-stop // b)
+            if batches and lo <= batches[-1][1]:
+                batches[-1][1] = max(batches[-1][1], hi)
+            else:
+                batches.append([lo, hi])
+        flags = " ".join(f"--data-batches {lo}..{hi - 1}" for lo, hi in batches)
+        hint = f"run `branchpoint fetch {self.run or 'RUN'} {flags}`"
+        if len(batches) == 1:
+            lo, hi = batches[0]
+            hint += f" (or `--step {lo} --data-steps {hi - lo}` if step {lo} is a checkpoint whose weights you want too)"
+        return NotFetchedError(e.prefix, e.first_row, e.last_row, hint, spans=e.spans)
 
     def __repr__(self) -> str:
         return f"TokenRows({self.dataset.prefix!r}, batch_size={self.batch_size}, seq_len={self.seq_len})"

@@ -38,7 +38,8 @@ from resume.engine import (
 from resume.interventions.base import BranchContext, Intervention
 from resume.interventions.spec import parse_intervention
 from resume.numerics import NeoXLossScaler, apply_numerics, check_numerics, default_numerics, describe_numerics
-from resume.parent import ParentRun, open_parent
+from resume.parent import ParentRun, fetch_release, open_parent, plan_release
+from resume.plan import BranchPlan
 from resume.state import STATE_DIR
 
 OPTIMIZER_MODES = ("exact", "reestimate", "fresh")
@@ -72,9 +73,9 @@ def open_data(parent: ParentRun, first_batch: int, last_batch: int) -> Any:
     if not order or not order.get("path"):
         raise UserError(
             f"{parent.name} has no local data order; fetch it with "
-            f"`branchpoint fetch {parent.name} --step {first_batch} --data-steps {last_batch - first_batch}`"
+            f"`branchpoint fetch {parent.name} --data-batches {first_batch}..{last_batch - 1}`"
         )
-    data = TokenRows(order["path"], int(order["batch_size"]), int(order["seq_len"]))
+    data = TokenRows(order["path"], int(order["batch_size"]), int(order["seq_len"]), run=parent.name)
     if data.num_batches < last_batch:
         raise UserError(
             f"the data order of {parent.name} holds {data.num_batches} global batches; "
@@ -104,7 +105,9 @@ def choose_optimizer_mode(
     requested: str | None, parent: ParentRun, step: int, data: Any, intervention: Intervention
 ) -> tuple[str, str]:
     """(mode, reason). Default: exact if saved (or importable from the parent's NeoX checkpoint), else
-    reestimate if the batches before N exist, else fresh."""
+    reestimate if the batches before N are on disk or, for a released run, can be fetched (a control
+    from zeros is not a control), else fresh. ``data`` is None for a released run planned before its
+    rows are fetched."""
     if requested is not None and requested not in OPTIMIZER_MODES:
         raise UserError(f"--optimizer-state {requested!r}: use one of {', '.join(OPTIMIZER_MODES)}")
     has_saved = parent.optimizer_dir(step) is not None
@@ -118,19 +121,132 @@ def choose_optimizer_mode(
             f"--optimizer-state exact: {parent.name} has no optimizer state at step {step}{why}; "
             "use --optimizer-state reestimate or fresh"
         )
+    m = reestimate_count(parent.recipe.betas[1], step)
     if requested is not None:
+        if requested == "reestimate" and m:
+            return requested, f"requested: replays the {m} batches before step {step}"
         return requested, "requested"
     if has_saved:
         return "exact", "the parent saved its full optimizer state at this step"
     if has_exact:
         return "exact", f"the parent's NeoX checkpoint ({parent.optimizer_source['repo_id']}) holds its optimizer state"
-    m = reestimate_count(parent.recipe.betas[1], step)
-    if step > 0 and batches_available(data, step - m, step):
-        where = "in the released chunk files" if hasattr(data, "can_serve") else "available"
-        return "reestimate", f"no saved optimizer state; the {m} batches before the branch step are {where}"
     if step == 0:
         return "fresh", "step 0 has no optimizer state to rebuild"
+    if parent.is_released and data is None:
+        return "reestimate", f"{parent.name} publishes weights only; the {m} batches before step {step} are replayed"
+    if batches_available(data, step - m, step):
+        where = "in the released chunk files" if hasattr(data, "can_serve") else "available"
+        return "reestimate", f"no saved optimizer state; the {m} batches before the branch step are {where}"
     return "fresh", f"no saved optimizer state, and batches {step - m}..{step - 1} (to reestimate it) are not on disk"
+
+
+def build_plan(
+    run: ParentRun, from_step: int, steps: int, iv: Intervention, intervention: str, optimizer_state: str | None,
+    micro_batch: int | None, out: Path, precision: str | None, resumed_micro: int | None = None,
+    dry_run: bool = False, own_rows: bool = False,
+) -> tuple[BranchPlan, Any, list[tuple[int, int]] | None]:
+    """Everything decided before anything is fetched or written: optimizer mode, the data and weights
+    to fetch (metadata only), the micro-batch, FLOPs, disk and time. Returns (plan, data, fetch_spans):
+    ``data`` is the local data order (a chunk release's already-converted stores) or None;
+    ``fetch_spans`` the batch spans a released mmidx run fetches after the plan (with its weights),
+    None for other runs. ``own_rows``: the intervention trains on rows of its own, so the parent's are
+    read only to reestimate before N. A micro-batch that cannot fit is an error, except in a dry run,
+    whose plan says so instead."""
+    import os
+
+    from resume.microbatch import MicroBatchChoice, choose_micro_batch, gpu_probe, param_count
+    from resume.plan import BranchPlan, estimate_wall, flops_per_token
+
+    recipe = run.recipe
+    end = from_step + steps
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    plan = BranchPlan(run.name, from_step, steps, out, intervention, batch_size=recipe.batch_size,
+                      seq_len=recipe.seq_len, world_size=world)
+    data, fetch_spans = None, None
+    stop = from_step if own_rows else end  # the parent's batches read: [first, stop)
+    chunked = run.is_released and is_chunked_order(run.data_order)
+    if run.is_released and not chunked:  # Hub files: weights, index entries, rows (metadata only here)
+        mode, reason = choose_optimizer_mode(optimizer_state, run, from_step, None, iv)
+        first = from_step - reestimate_count(recipe.betas[1], from_step) if mode == "reestimate" else from_step
+        fetch_spans = [(first, stop)] if first < stop else []
+        plan_release(run, plan, from_step, fetch_spans, neox_optimizer=mode == "exact")
+    else:  # a local trajectory, or a chunk release (resume.chunk_plan plans its files)
+        data = _data_if_any(run, from_step) if own_rows else open_data(run, from_step, end)
+        mode, reason = choose_optimizer_mode(optimizer_state, run, from_step, data, iv)
+        first = from_step - reestimate_count(recipe.betas[1], from_step) if mode == "reestimate" else from_step
+        if mode == "reestimate":
+            data = open_data(run, first, stop)
+        elif own_rows and hasattr(data, "can_serve"):
+            data = None  # nothing of a chunk release to fetch
+        if not chunked:
+            ckpt = run.checkpoint_dir(from_step)
+            plan.add("weights", sum(f.stat().st_size for f in ckpt.iterdir() if f.is_file()), True, str(ckpt))
+            if data is not None and first < stop:
+                plan.add("data rows", (stop - first) * recipe.batch_size * (recipe.seq_len + 1) * data.dtype.itemsize,
+                         True, f"batches {first}..{stop - 1} in {run.data_order['path']}")
+    if mode == "exact" and run.optimizer_dir(from_step) is None and run.info is not None:
+        _plan_neox_import(run, plan, from_step)
+    plan.optimizer_mode, plan.optimizer_reason = mode, reason
+    plan.reestimate = range(first, from_step) if mode == "reestimate" and first < from_step else None
+
+    config = run.model_config
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        if resumed_micro is not None and micro_batch is None:
+            choice = MicroBatchChoice(resumed_micro, recipe.batch_size // (world * resumed_micro), "given",
+                                      "as the branch being resumed used")
+        elif device == "cuda":  # a probe forward/backward at the real sequence length, on this rank's GPU
+            gpu = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            probe = gpu_probe(config, recipe.seq_len, precision or recipe.precision, device=gpu)
+            choice = choose_micro_batch(micro_batch, config, recipe.batch_size, world, recipe.seq_len, device=gpu,
+                                        probe=probe, available=torch.cuda.get_device_properties(gpu).total_memory)
+            del probe  # frees the probe's model
+            torch.cuda.empty_cache()
+        else:
+            choice = choose_micro_batch(micro_batch, config, recipe.batch_size, world, recipe.seq_len)
+    except UserError as e:
+        if not dry_run:
+            raise
+        choice = MicroBatchChoice(micro_batch or 1, recipe.batch_size // (world * (micro_batch or 1)), "does not fit",
+                                  f"{e} -- a real run stops here with this message")
+    plan.micro_batch_size, plan.accumulation = choice.micro_batch_size, choice.accumulation
+    plan.micro_batch_mode, plan.micro_batch_reason = choice.mode, choice.reason
+    parent_micro = (run.trajectory.meta.get("engine", {}) if run.trajectory else {}).get("micro_batch_size")
+    if mode == "exact" and iv.name == "none" and parent_micro and parent_micro != choice.micro_batch_size * world:
+        plan.notes.append(f"the parent ran micro-batch {parent_micro}; with {choice.micro_batch_size} the sums run in "
+                          "another order, so a control matches it to the fp32 floor, not bit for bit")
+    if iv.name == "gstack":
+        plan.notes.append("gstack grows the model after loading: memory, FLOPs and time are for the parent's size")
+
+    plan.params = param_count(config)
+    plan.flops_per_token = flops_per_token(config, plan.params, recipe.seq_len)
+    saves = len({s for s in run.grid if from_step < s <= end} | {end}) + 1  # + the branch's own stepN
+    plan.output_bytes = 12 * plan.params * (saves + 1)  # fp32 weights + Adam moments per save, + the rolling state
+    estimate_wall(plan, device, precision or ("fp32" if device == "cpu" else recipe.precision))
+    return plan, data, fetch_spans
+
+
+def is_chunked_order(order: dict[str, Any] | None) -> bool:
+    from data_order.chunked import is_chunked
+
+    return is_chunked(order)
+
+
+def _plan_neox_import(run: ParentRun, plan: BranchPlan, step: int) -> None:
+    """The NeoX optimizer files an exact start from a released Pythia imports (metadata only)."""
+    from checkpoints_cache import hub
+    from checkpoints_cache.neox_fetch import plan_optimizer
+
+    try:
+        files = plan_optimizer(run.info, step)
+    except UserError as e:  # offline and not cached, say: the import itself names what to do
+        plan.notes.append(f"optimizer state: {e}")
+        return
+    if not files:
+        plan.add("optimizer state", 0, True, f"NeoX state of step {step}, imported already")
+    for f in files:
+        plan.add("optimizer state", f.size, f.cached, f"{f.repo_id}@{f.revision} {f.filename} (NeoX, imported once)",
+                 hub.hub_cache())
 
 
 def library_versions() -> dict[str, str]:
@@ -209,7 +325,7 @@ def branch(
     optimizer_state: str | None = None,
     out: str | Path | None = None,
     resume: bool = False,
-    micro_batch_size: int | None = None,
+    micro_batch_size: int | str | None = None,
     save_every: int | None = None,
     precision: str | None = None,
     numerics: str | None = None,
@@ -222,9 +338,16 @@ def branch(
     repeat_vary: str = "order",
     before_training: Callable[[ParentRun, int], None] | None = None,
     after_training: Callable[[Path], None] | None = None,
-) -> Path | None:
+    show_plan: bool = True,
+) -> Any:
     """Continue ``parent`` from checkpoint ``from_step`` (a step, or a checkpoint name such as ``ckpt_012``) for
     ``steps`` updates; return the branch dir.
+
+    The plan (``resume.plan.BranchPlan``: what is fetched, disk, tokens, FLOPs, micro-batch, time) is
+    printed first; a released parent is then fetched as needed (weights at N, the index entries and
+    rows of the batches trained on and replayed; a chunk release's files through
+    ``resume.chunk_plan``). ``dry_run`` returns the plan having fetched and written nothing.
+    ``micro_batch_size``: ``auto``/None (the largest that fits this device) or a number.
 
     The output directory is locked for the whole run (``checkpoints_cache.locks``): a second
     process on the same ``out`` fails at once. ``resume=True`` continues the branch in ``out`` only
@@ -240,6 +363,8 @@ def branch(
     ``compare`` will read). ``log_with``: accelerate trackers (``resume.tracking``). ``repeat``: (i, R), the
     i-th of R repeats, with the rows of each batch reordered by seed i (``resume.repeats``, ``repeat_vary``).
     """
+    if dry_run and resume:
+        raise UserError("--dry-run writes nothing and --resume continues a branch on disk; use one of them, not both")
     run, iv, out, from_step, step_name = _open_branch(parent, from_step, steps, intervention, out, order, repeat)
     lock = output_lock(out) if launch_rank() == 0 and not dry_run else contextlib.nullcontext()
     with lock:  # held for the whole run (rank 0 holds it for every process of a launch)
@@ -247,15 +372,15 @@ def branch(
                               micro_batch_size=micro_batch_size, save_every=save_every, precision=precision,
                               numerics=numerics, progress=progress, check_only=False, dry_run=dry_run,
                               step_name=step_name, eval_batches=eval_batches, before_training=before_training,
-                              log_with=log_with, repeat=repeat, repeat_vary=repeat_vary)[0]
-        if done is not None and after_training is not None and launch_rank() == 0:
+                              log_with=log_with, repeat=repeat, repeat_vary=repeat_vary, show_plan=show_plan)[0]
+        if done is not None and not dry_run and after_training is not None and launch_rank() == 0:
             after_training(done)
     return done
 
 
 def check_branch(
     parent: str | Path, from_step: int | str, steps: int, *, intervention: str = "none",
-    optimizer_state: str | None = None, out: str | Path | None = None, micro_batch_size: int | None = None,
+    optimizer_state: str | None = None, out: str | Path | None = None, micro_batch_size: int | str | None = None,
     precision: str | None = None, numerics: str | None = None, order: str | None = None,
     before_training: Callable[[ParentRun, int], None] | None = None,
 ) -> BranchDefinition:
@@ -288,6 +413,13 @@ def _open_branch(parent: str | Path, from_step: int | str, steps: int, intervent
     return run, iv, out, from_step, step_name
 
 
+def _spec_text(iv: Intervention) -> str:
+    """The intervention as the plan's header names it: ``none``, ``lawa:k=5,every=1000``, ..."""
+    d = iv.describe()
+    params = ",".join(f"{k}={v}" for k, v in (d.get("params") or {}).items())
+    return d.get("name", "none") + (f":{params}" if params else "")
+
+
 def launch_rank() -> int:
     """This process's rank in a torchrun / accelerate launch (0 when not launched)."""
     return int(os.environ.get("RANK", "0") or 0)
@@ -295,11 +427,14 @@ def launch_rank() -> int:
 
 def _branch_locked(
     run: ParentRun, iv: Intervention, from_step: int, steps: int, out: Path, *, optimizer_state: str | None,
-    resume: bool, micro_batch_size: int | None, save_every: int | None, precision: str | None,
+    resume: bool, micro_batch_size: int | str | None, save_every: int | None, precision: str | None,
     numerics: str | None, progress: bool, check_only: bool, dry_run: bool, step_name: str | None,
     eval_batches: int | None, before_training: Callable[[ParentRun, int], None] | None,
     log_with: str | None = None, repeat: tuple[int, int] | None = None, repeat_vary: str = "order",
-) -> tuple[Path | None, BranchDefinition]:
+    show_plan: bool = True,
+) -> tuple[Any, BranchDefinition]:
+    """(the branch dir -- the plan for a dry run, None for a chunk release's dry run --, the definition)."""
+    from resume.microbatch import parse_micro_batch
     from resume.repeats import RowOrder
     from resume.tracking import TRACKING_DIR, flat_config, parse_log_with, row_logger
 
@@ -324,23 +459,18 @@ def _branch_locked(
             numerics = numerics or recorded.numerics
     numerics = numerics or default_numerics(run.neox_family)
     check_numerics(numerics, run.model_config.get("model_type"))
+    micro_req = parse_micro_batch(micro_batch_size)
+    resumed_micro = earlier.meta.get("engine", {}).get("micro_batch_size") if earlier is not None else None
     # an intervention that trains on rows of its own (BiMix on a corpus) needs the parent's rows only to
     # reestimate Adam's moments before N
     own_rows = not iv.reads_parent_rows()
-    data = _data_if_any(run, from_step) if own_rows else open_data(run, from_step, end)
-    mode, reason = choose_optimizer_mode(optimizer_state, run, from_step, data, iv)
-    if mode == "reestimate":
-        m = reestimate_count(run.recipe.betas[1], from_step)
-        data = open_data(run, from_step - m, from_step if own_rows else end)
-        reestimate = range(from_step - m, from_step)
-    else:
-        reestimate = None
-        if own_rows and hasattr(data, "can_serve"):
-            data = None  # nothing of a chunk release to fetch
-    if micro_batch_size is not None and (micro_batch_size <= 0 or run.recipe.batch_size % micro_batch_size):
-        raise UserError(
-            f"--micro-batch-size {micro_batch_size} must divide the global batch {run.recipe.batch_size}"
-        )
+    # what is fetched (metadata only), the optimizer mode, the micro-batch, FLOPs, disk, time
+    plan, data, fetch_spans = build_plan(run, from_step, steps, iv, _spec_text(iv), optimizer_state, micro_req, out,
+                                         precision, resumed_micro, dry_run=dry_run, own_rows=own_rows)
+    mode, reason = plan.optimizer_mode, plan.optimizer_reason
+    reestimate = plan.reestimate
+    first = reestimate.start if reestimate else from_step
+    stop = from_step if own_rows else end  # the parent's batches the branch reads: [first, stop)
     if before_training is not None:
         before_training(run, end)
 
@@ -349,19 +479,35 @@ def _branch_locked(
                                 optimizer_state=mode, recipe=run.recipe.to_dict(),
                                 precision=train_precision(run.recipe, precision), numerics=numerics)
 
-    if hasattr(data, "can_serve"):  # chunk files (LLM360): print the plan, then fetch and convert what is missing
+    if hasattr(data, "can_serve"):  # chunk files (LLM360): their plan, then fetch and convert what is missing
         if check_only:  # nothing is fetched for a check; the intervention is set up when the data is there
             return out, define()
         from resume.chunk_plan import prepare_chunk_data
 
-        data = prepare_chunk_data(run, from_step, from_step if own_rows else end, reestimate, mode,
-                                  step_name=step_name, eval_batches=eval_batches, dry_run=dry_run, progress=progress)
+        data = prepare_chunk_data(run, from_step, stop, reestimate, mode, step_name=step_name,
+                                  eval_batches=eval_batches, dry_run=dry_run, progress=progress,
+                                  extra_lines=plan.compute_lines() if show_plan else [])
         if data is None:
             return None, define()
-    elif dry_run:
-        print(f"plan: branch {run.name} from step {from_step} for {steps} updates; its data order is local "
-              f"({(run.data_order or {}).get('path')}), nothing to fetch but the checkpoint; optimizer: {mode} ({reason})")
-        return None, define()
+    elif check_only and fetch_spans is not None:  # a released run's files are not here: nothing is fetched for a check
+        return out, define()
+    elif not check_only:
+        if show_plan and launch_rank() == 0:
+            print("\n".join(plan.lines()), flush=True)
+        if dry_run:
+            return plan, define()
+
+    # NeoX fp16: DeepSpeed's loss scaler replaces accelerate's GradScaler (on CPU fp32 it never applies)
+    use_scaler = numerics == "neox" and train_precision(run.recipe, precision) == "fp16"
+    if fetch_spans is not None:  # a released mmidx run: the weights at N and the rows, as planned (main process first)
+        plan.check_disk()
+        accelerator = make_accelerator(run.recipe, precision, own_loss_scaler=use_scaler, log_with=trackers,
+                                       project_dir=out / TRACKING_DIR)
+        with accelerator.main_process_first():
+            fetch_release(run, from_step, fetch_spans, progress=progress and accelerator.is_main_process)
+        data = open_data(run, first, stop) if fetch_spans else None
+    else:
+        accelerator = None
     ctx = branch_context(run, from_step, end, out, data)
     iv.setup(ctx)  # resolves parent-derived parameters (part of the definition) and checks the intervention
     definition = define()
@@ -372,20 +518,20 @@ def _branch_locked(
     if recorded is not None and Trajectory.open(out).meta.get("complete"):
         print(f"{out} is already complete (same branch definition); nothing to train", file=sys.stderr)
         return out, definition
+    if accelerator is None:
+        plan.check_disk()
     warning = run.warning_for(from_step)
     if warning:
         print(f"warning: step {from_step} of {run.name} is flagged: {warning}", file=sys.stderr)
     if mode == "fresh" and optimizer_state is None and not iv.fresh_optimizer() and from_step > 0:
         print(f"warning: starting Adam from zeros: {reason}", file=sys.stderr)
 
-    # NeoX fp16: DeepSpeed's loss scaler replaces accelerate's GradScaler (on CPU fp32 it never applies)
-    use_scaler = numerics == "neox" and train_precision(run.recipe, precision) == "fp16"
-    accelerator = make_accelerator(run.recipe, precision, own_loss_scaler=use_scaler, log_with=trackers,
-                                   project_dir=out / TRACKING_DIR)
+    if accelerator is None:
+        accelerator = make_accelerator(run.recipe, precision, own_loss_scaler=use_scaler, log_with=trackers,
+                                       project_dir=out / TRACKING_DIR)
     main = accelerator.is_main_process
     saved = resume_point(out) if resume else None
-    parent_micro = (run.trajectory.meta.get("engine", {}) if run.trajectory else {}).get("micro_batch_size")
-    micro = micro_batch_size or (parent_micro if parent_micro and accelerator.num_processes == 1 else None)
+    micro = plan.micro_batch_size
 
     meta = {
         "format": FORMAT,
@@ -402,11 +548,17 @@ def _branch_locked(
         "seeds": {"recipe": run.recipe.seed},
         "versions": library_versions(),
         "engine": {"micro_batch_size": micro, "world_size": accelerator.num_processes,
-                   "precision": definition.precision},
+                   "precision": definition.precision,
+                   "micro_batch": {"mode": plan.micro_batch_mode, "reason": plan.micro_batch_reason,
+                                   "accumulation": plan.accumulation}},
+        "plan": plan.to_dict(),
         "complete": False,
     }
     if (run.data_order or {}).get("exactness") not in (None, "exact"):
         meta["exactness"] = run.data_order["exactness"]  # said where a reader of the trajectory cannot miss it
+    if run.is_released:
+        meta["parent"]["repo_id"] = run.info.repo_id
+        meta["parent"]["card"] = run.info.source
     if row_order is not None:
         meta["repeat"] = {"index": int(repeat[0]), "of": int(repeat[1]), **row_order.describe()}
 

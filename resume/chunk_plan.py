@@ -98,8 +98,9 @@ def plan_lines(run: Any, layout: ChunkLayout, needs: list[ChunkNeed], eval_needs
 
 def prepare_chunk_data(run: Any, from_step: int, end: int, reestimate: range | None, mode: str, *,
                        step_name: str | None = None, eval_batches: int | None = None, dry_run: bool = False,
-                       progress: bool = True) -> ChunkRows | None:
-    """Print the plan; unless ``dry_run``, fetch and convert the chunks and return the rows to train on."""
+                       progress: bool = True, extra_lines: list[str] = ()) -> ChunkRows | None:
+    """Print the plan (then ``extra_lines``: the branch plan's disk, tokens, FLOPs, micro-batch and time);
+    unless ``dry_run``, fetch and convert the chunks and return the rows to train on."""
     layout = ChunkLayout.from_order(run.data_order, run.name)
     spans = {"train": (from_step, end)}
     if reestimate is not None and len(reestimate):
@@ -110,8 +111,8 @@ def prepare_chunk_data(run: Any, from_step: int, end: int, reestimate: range | N
     if eval_batches and (total is None or end + eval_batches <= total):
         eval_needs = plan_chunks(layout, {"compare": (end, end + eval_batches)})
     if _is_main():
-        print("\n".join(plan_lines(run, layout, needs, eval_needs, from_step, end, reestimate, mode, step_name)),
-              flush=True)
+        print("\n".join(plan_lines(run, layout, needs, eval_needs, from_step, end, reestimate, mode, step_name)
+                        + list(extra_lines)), flush=True)
     if dry_run:
         return None
     return ChunkRows(layout, ensure_chunks(layout, needs, progress=progress and _is_main()))

@@ -3,6 +3,10 @@
 One small adapter so the engine asks the same questions of both: which checkpoint steps exist,
 where the weights of step N are (fetched through checkpoints_cache when needed), whether the full
 optimizer state exists, what the recipe and the data order are.
+
+For a released run, ``plan_release`` adds to the branch's plan what must come from the Hub (the
+weights at N, the index entries and rows of the batches it trains on and replays) using metadata
+only, and ``fetch_release`` then fetches exactly that into the HF cache and the partial data store.
 """
 
 from __future__ import annotations
@@ -10,11 +14,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from checkpoints_cache.errors import UserError
 from checkpoints_cache.recipe import Recipe
 from checkpoints_cache.trajectory import Trajectory, describe_nearest
+
+if TYPE_CHECKING:
+    from checkpoints_cache.registry import RunInfo
+    from resume.plan import BranchPlan
 
 
 @dataclass
@@ -38,7 +46,13 @@ class ParentRun:
     neox_unavailable: Callable[[int], str | None] = lambda step: "the parent names no NeoX checkpoints"
     import_optimizer: Callable[[int], Path] | None = None
     branch_notes: list[str] = field(default_factory=list)
-    info: Any = None  # checkpoints_cache.registry.RunInfo for released runs
+    info: "RunInfo | None" = None  # checkpoints_cache.registry.RunInfo for released runs
+    fetched: dict[int, Path] = field(default_factory=dict)  # released runs: step -> snapshot folder in the HF cache
+
+    @property
+    def is_released(self) -> bool:
+        """A run whose files live on the Hub (fetched into the caches), not a local directory."""
+        return self.info is not None and self.trajectory is None
 
     def require_step(self, step: int) -> None:
         if step not in self.steps:
@@ -121,15 +135,22 @@ def _from_registry(spec: str) -> ParentRun:
             f"{run.name} needs trust_remote_code, which branchpoint does not enable for training; "
             "fetch and inspect it with `branchpoint fetch --trust-remote-code`"
         )
+    fetched: dict[int, Path] = {}
+
+    def checkpoint_dir(step: int) -> Path:
+        if step not in fetched:
+            fetched[step] = Path(ensure_checkpoint(run, step))
+        return fetched[step]
+
     return ParentRun(
         spec=run.name,
         name=run.name,
         steps=list(run.steps),
         grid=list(run.steps),
         recipe=run.recipe,
-        data_order=run.data_order,
+        data_order=dict(run.data_order) if run.data_order else None,
         model_config=dict(run.architecture or {}),
-        checkpoint_dir=lambda step: ensure_checkpoint(run, step),
+        checkpoint_dir=checkpoint_dir,
         optimizer_dir=lambda step: None,  # the Hub releases carry weights only (ecosystem.md §0.3)
         warning_for=lambda step: "; ".join(w.removeprefix("warning: ") for w in step_warnings(run, step)) or None,
         neox_family=run.family == "pythia",
@@ -138,4 +159,77 @@ def _from_registry(spec: str) -> ParentRun:
         import_optimizer=lambda step: import_optimizer_state(run, step),
         branch_notes=list(run.branch_notes),
         info=run,
+        fetched=fetched,
     )
+
+
+def plan_release(parent: ParentRun, plan: "BranchPlan", step: int, spans: list[tuple[int, int]],
+                 neox_optimizer: bool = False) -> Any:
+    """Add the weights at ``step`` and the rows of global batches ``spans`` of a released run to
+    ``plan`` (metadata only: revision lookups and file listings). Offline, what is missing from the
+    caches (the NeoX optimizer state too, when ``neox_optimizer`` says the branch imports it) is one
+    error naming every span and the command that fetches it all. Returns the rows plan (None when no
+    rows are needed: an intervention training on rows of its own, without a reestimate)."""
+    from checkpoints_cache import hub
+    from checkpoints_cache.data_store import data_root
+    from checkpoints_cache.fetch import plan_fetch
+    from data_order.remote import fetch_command, plan_rows, spans_text
+
+    info = parent.info
+    assert info is not None
+    weights_missing = False
+    try:
+        weights = plan_fetch(info, [step], read_indexes=False)
+        for f in weights.files:
+            plan.add("weights", f.size, f.cached, f"{f.repo_id}@{f.revision} {f.filename}", hub.hub_cache())
+    except UserError:
+        if not hub.is_offline():
+            raise
+        weights_missing = True  # named together with the missing rows below
+    optimizer_missing = False
+    if hub.is_offline() and neox_optimizer:
+        from checkpoints_cache.neox_fetch import find_imported
+
+        optimizer_missing = find_imported(info, step) is None
+    if not spans:
+        if weights_missing or optimizer_missing:
+            what = " and ".join(w for w, m in ((f"the weights of {info.name} at step {step}", weights_missing),
+                                               (f"its NeoX optimizer state at step {step}", optimizer_missing)) if m)
+            raise UserError(f"offline (HF_HUB_OFFLINE=1) and the caches lack {what}; with network access run: "
+                            f"{fetch_command(info.name, [], step, optimizer_missing)}")
+        return None
+    rows = plan_rows(info, spans)
+    rows.check_extent()
+    if rows.num_batches is not None:  # the data order's extent, for checks of later reads (compare's eval rows)
+        parent.data_order = {**(parent.data_order or {}), "num_batches": rows.num_batches}
+    if rows.offline and (rows.missing or weights_missing or optimizer_missing):
+        raise rows.missing_error(step, weights_missing, optimizer_missing)
+    where = data_root()
+    idx_note = f"{rows.repo_id} document.idx: header + sizes/pointers of {rows.rows:,} rows (byte ranges)"
+    if rows.index_bytes - rows.index_missing_bytes > 0:
+        plan.add("index entries", rows.index_bytes - rows.index_missing_bytes, True, idx_note, where)
+    if rows.index_missing_bytes:
+        plan.add("index entries", rows.index_missing_bytes, False, idx_note, where)
+    cached = rows.data_bytes - rows.data_missing_bytes
+    missing_note = spans_text(rows.missing, rows.batch_size) if rows.missing else ""
+    if cached:
+        plan.add("data rows", cached, True, f"{rows.repo_id} of {spans_text(rows.spans, rows.batch_size)}"
+                 + (f" (all but {missing_note})" if missing_note else ""), where)
+    if rows.data_missing_bytes:
+        plan.add("data rows", rows.data_missing_bytes, False, f"{rows.repo_id} {missing_note} (byte ranges of the shards)",
+                 where)
+    return rows
+
+
+def fetch_release(parent: ParentRun, step: int, spans: list[tuple[int, int]], progress: bool = True) -> None:
+    """Fetch the weights at ``step`` and the rows of ``spans`` (what ``plan_release`` planned); point the
+    parent's data order at the partial copy."""
+    from checkpoints_cache.fetch import ensure_checkpoint
+    from data_order.remote import fetch_rows
+
+    info = parent.info
+    assert info is not None
+    parent.fetched[step] = Path(ensure_checkpoint(info, step, progress=progress))
+    if spans:
+        got = fetch_rows(info, spans, progress=progress)
+        parent.data_order = {**(parent.data_order or {}), "path": str(got.folder)}

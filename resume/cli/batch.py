@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_chunked(args, spec)
     if spec.kind == "amber":
         return _run_amber(args, spec)
-    data = TokenRows(spec.path, spec.batch_size, spec.seq_len)
+    data = TokenRows(spec.path, spec.batch_size, spec.seq_len, run=spec.run)
     rows = data.batch_range(args.step)
     tokens = data.batch(args.step)  # every error (bad rows, unfetched bytes) fires before any output
     ds = data.dataset

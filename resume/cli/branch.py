@@ -15,15 +15,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "branch",
         help="continue RUN from checkpoint N for K updates with an intervention, then compare",
-        description="Load checkpoint stepN of RUN (a trajectory directory or a registry name, fetched when needed), "
-        "rebuild the parent's recipe (LR schedule, AdamW, clipping, global batch), apply the intervention and train "
-        "K updates on the parent's own data order (batch N first). Writes a trajectory directory: checkpoints at "
-        "stepN (after the intervention's load-time transform) and at the parent's grid steps in (N, N+K], "
-        "metrics.jsonl, and a comparison with the parent in OUT/compare/ unless --no-compare. "
+        description="Load checkpoint stepN of RUN (a trajectory directory or a registry name), rebuild the parent's "
+        "recipe (LR schedule, AdamW, clipping, global batch), apply the intervention and train K updates on the "
+        "parent's own data order (batch N first). For a released run, everything it needs that is not cached is "
+        "fetched first (the weights at N; the rows of batches N..N+K-1 and, to reestimate Adam's moments, the M "
+        "batches before N: index entries and rows by byte ranges). The plan (what is fetched, disk, tokens, FLOPs, "
+        "micro-batch, time) is printed before anything moves. Writes a trajectory directory: checkpoints at stepN "
+        "(after the intervention's load-time transform) and at the parent's grid steps in (N, N+K], metrics.jsonl, "
+        "and a comparison with the parent in OUT/compare/ unless --no-compare. "
         "A run whose data are released as chunk files (LLM360 Amber, K2) first prints a plan (checkpoint, chunk files "
         "and why each is needed, optimizer-state cost, order, exactness, memory), then fetches each chunk whole "
         "into the HF cache and converts it once into a local token store.",
         epilog="examples:\n"
+        "  branchpoint branch pythia-160m-deduped --from-step 20000 --steps 1000 --intervention lawa --dry-run\n"
+        "  branchpoint branch pythia-160m-deduped --from-step 20000 --steps 1000 --intervention lawa\n"
         "  branchpoint branch runs/toy-small --from-step 400 --steps 200 --intervention none --out runs/control\n"
         "  branchpoint branch runs/toy-small --from-step 400 --steps 200 --intervention lawa:k=5,every=50,mode=replace\n"
         "  branchpoint branch runs/toy-tiny --from-step 48 --steps 16 "
@@ -50,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer-state", default=None, metavar="MODE",
                    help="exact: the parent's saved state (Pythia: imported from its NeoX checkpoint); reestimate: rebuild "
                    "Adam's moments from the batches before N at lr 0; fresh: zeros (default: exact if it exists, else "
-                   "reestimate if that data exists, else fresh)")
+                   "reestimate if that data exists -- for a released run, with its batches fetched -- else fresh)")
     p.add_argument("--numerics", default=None, choices=["neox", "hf"],
                    help="neox: GPT-NeoX's rotary tables in the parent's half precision, tanh GELU and, in fp16, "
                    "DeepSpeed's skip-on-overflow loss scaler; hf: transformers' GPT-NeoX as is "
@@ -59,15 +64,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue a killed branch from its last saved state; only with the same definition (RUN, "
                    "--from-step, --steps, --intervention, --optimizer-state, --numerics, recipe, precision), a complete one is left as is")
-    p.add_argument("--micro-batch-size", type=int, default=None, metavar="b",
-                   help="rows per forward pass per process (default: the parent's, else batch/world size)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (what would be fetched, converted, trained) and stop: nothing is downloaded or written")
+    p.add_argument("--micro-batch-size", default="auto", metavar="b",
+                   help="rows per forward pass per process, or auto (default): the largest that divides the per-process "
+                   "batch and fits this device (CPU: an estimate against the available RAM; GPU: a probe forward/backward)")
     p.add_argument("--save-every", type=int, default=50, metavar="S", help="save the resumable state every S updates")
     p.add_argument("--precision", default=None, metavar="P",
                    help="fp32 | bf16 | fp16 (default: fp32 on CPU, the parent's half precision on GPU)")
     p.add_argument("--order", default=None, choices=("seeded", "file"),
                    help="LLM360 Amber chunks: seeded (default: the permutation of a run that never restarted) or file "
                    "(the chunk's file order); either way the rows of a chunk are exact and their order approximate")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (what would be fetched, converted, trained) and stop")
     p.add_argument("--no-compare", action="store_true", help="skip the comparison with the parent at the end")
     p.add_argument("--eval-batches", type=int, default=4, metavar="K", help="held-out global batches for the comparison")
     p.add_argument("--log-with", default=None, metavar="TRACKER",
@@ -149,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             before_training=check_compare,
             after_training=compare_branch if rep is None else None,  # on the main process, the branch still locked
         ))
-    if any(out is None for out in outs):
+    if args.dry_run:  # each branch printed its plan
         print("dry run: nothing was fetched, converted or trained")
         return 0
     if args.repeat is not None:

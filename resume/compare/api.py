@@ -51,7 +51,7 @@ from .against import warn_other_data_order
 from .parent_loss import read_loss_curve
 from .plots import PlotSpec, write_figures
 from .preflight import check_device
-from .runs import RunRef, open_run, parent_spec_of, seed_steps_of, shared_steps, unique_names
+from .runs import RunRef, open_run, parent_spec_of, seed_steps_of, shared_steps, unique_names, wanted_eval_batches
 from .summary import RunNote, describe_intervention, write_summary
 from .table import build_table, write_table
 
@@ -176,6 +176,8 @@ def _compare(hold: contextlib.ExitStack, trajs: list[str | Path], *, against: st
     # Held-out batches from the parent's data order (a branch's points at the same data).
     ends = [b.end_step for b in branches if b.end_step is not None]
     trained_through = max([all_steps[-1], *ends])
+    if parent.is_released:  # its partial copy may lack the held-out rows: fetch them first
+        parent.ensure_batches(wanted_eval_batches(trained_through, eval_batches, eval_batch_indices))
     has_rows = [r for r in (parent, *branches) if (r.data_order or {}).get("path")]
     # A chunk release (LLM360) is read from the first branch's record: it names the order the branch used.
     chunked = [r for r in (*branches, parent) if is_chunked(r.data_order)]

@@ -17,10 +17,21 @@ from .evalset import build_eval_set
 def check_eval_batches(data_order: dict[str, Any] | None, owner: str, trained_through: int, eval_batches: int,
                        eval_batch_indices: list[int] | None = None, hint: str = "") -> None:
     """Raise the error ``compare`` would raise for these held-out batches. Local rows are read once
-    (cheap); a chunk release (LLM360) is only checked against its layout, nothing is fetched."""
+    (cheap); a chunk release (LLM360) is only checked against its layout, and the rows of a released
+    run (kind mmidx with a ``repo_id``, which ``compare`` fetches) against the extent its plan found
+    (``num_batches``): nothing is fetched."""
     from data_order.chunked import ChunkLayout, is_chunked
 
     try:
+        if (data_order or {}).get("kind") == "mmidx" and (data_order or {}).get("repo_id"):
+            if eval_batch_indices is None and eval_batches < 1:
+                raise UserError(f"--eval-batches {eval_batches} must be at least 1")
+            indices = eval_batch_indices or range(trained_through, trained_through + eval_batches)
+            n = data_order.get("num_batches")
+            bad = [k for k in indices if n is not None and not 0 <= k < int(n)]
+            if bad:
+                raise UserError(f"eval batch {bad[0]} is outside the data order of {owner} (batches 0..{int(n) - 1})")
+            return
         if is_chunked(data_order):
             if eval_batch_indices is None and eval_batches < 1:
                 raise UserError(f"--eval-batches {eval_batches} must be at least 1")

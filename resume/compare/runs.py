@@ -1,9 +1,10 @@
 """Runs to compare: local trajectory directories or registry runs, seen through one small interface.
 
 A branch names its parent in ``trajectory.json`` (``parent.run``: an absolute path or a registry
-name). Registry runs are resolved through ``checkpoints_cache.registry.resolve_run`` and their
-checkpoints fetched with ``checkpoints_cache.fetch.ensure_checkpoint``; local directories are read
-directly.
+name). Registry runs are resolved through ``checkpoints_cache.registry.resolve_run``; their
+checkpoints at the compared steps are fetched with ``checkpoints_cache.fetch.ensure_checkpoint`` and
+the rows of the held-out batches with ``data_order.remote.fetch_rows`` (``ensure_batches``), so
+comparing with a released parent needs no manual fetch. Local directories are read directly.
 """
 
 from __future__ import annotations
@@ -41,6 +42,24 @@ class RunRef:
         from checkpoints_cache.fetch import ensure_checkpoint
 
         return Path(ensure_checkpoint(self.info, step, progress=self.progress))
+
+    @property
+    def is_released(self) -> bool:
+        return self.traj is None and self.info is not None and getattr(self.info, "repo_id", None) is not None
+
+    def ensure_batches(self, batches: list[int]) -> None:
+        """Fetch the rows of global ``batches`` a released run's partial copy lacks (offline: name them);
+        batches past the end of the data order are left for the eval set to refuse."""
+        order = getattr(self.info, "data_order", None) or {}
+        if not self.is_released or order.get("kind") != "mmidx" or not batches:
+            return
+        from data_order.remote import fetch_rows, merge_spans, plan_rows
+
+        plan = plan_rows(self.info, [(b, b + 1) for b in batches])
+        keep = [(a, b) for a, b in plan.missing if plan.num_batches is None or b <= plan.num_batches]
+        if keep or not order.get("path"):
+            got = fetch_rows(self.info, merge_spans(keep) or plan.spans, progress=self.progress)
+            self.info.data_order = {**order, "path": str(got.folder)}
 
     def averaged(self, step: int) -> Path | None:
         return self.traj.averaged_dir(step) if self.traj is not None else None
@@ -105,6 +124,11 @@ def open_run(spec: str | Path, progress: bool = True) -> RunRef:
     info = resolve_run(spec)
     traj = getattr(info, "trajectory", None)
     return RunRef(spec=spec, name=str(getattr(info, "name", spec)), traj=traj, info=info, progress=progress)
+
+
+def wanted_eval_batches(trained_through: int, eval_batches: int, indices: list[int] | None) -> list[int]:
+    """The batches ``evalset.build_eval_set`` will read (its default rule: the K right after training)."""
+    return [int(k) for k in indices] if indices is not None else list(range(trained_through, trained_through + max(eval_batches, 0)))
 
 
 def unique_names(runs: list[RunRef]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -23,8 +24,6 @@ def _fetch(env, step, k):
 
 def _virtual_ranges(hub, world) -> list[list[int]]:
     """The Range headers the stand-in saw, mapped back to byte ranges of the virtual .bin."""
-    import hashlib
-
     names = sorted(n for n in world.data_files if n.endswith(".bin"))
     starts, pos = {}, 0
     for n in names:
@@ -46,9 +45,12 @@ def test_only_the_rows_of_the_needed_batches_are_requested(env, hub, world):
     row_bytes = ROW * 2
     assert got.row_bytes == got.bytes_moved == (stop - first) * row_bytes
     assert _virtual_ranges(hub, world) == [[first * row_bytes, stop * row_bytes]]
-    # the index is fetched whole, no shard is fetched whole
-    whole = [r for r in hub.requests("GET", "/lfs-cdn/") if r["range"] is None]
-    assert [r["bytes"] for r in whole] == [len(world.data_files["document.idx"])]
+    # nothing is fetched whole: the index by ranges too, header + 12 bytes per row (+ rows 0 and N-1)
+    assert [r for r in hub.requests("GET", "/lfs-cdn/") if r["range"] is None] == []
+    idx_sha = hashlib.sha256(world.data_files["document.idx"]).hexdigest()
+    idx_bytes = sum(r["bytes"] for r in hub.requests("GET", f"/lfs-cdn/{idx_sha}"))
+    assert idx_bytes == got.index_bytes_moved == 34 + 12 * (stop - first) + 2 * 12
+    assert idx_bytes <= 12 * (stop - first) + 64 * 1024 < len(world.data_files["document.idx"])
     # straddling rows: the range crosses shard edges
     assert len([r for r in hub.requests("GET", "/lfs-cdn/") if r["range"]]) >= 3
 
