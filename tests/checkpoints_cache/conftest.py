@@ -74,7 +74,8 @@ def env(hub: HubStandin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env
     return e
 
 
-def run_cli(env: Env, *args: str, offline: bool = False, timeout: int = 120) -> subprocess.CompletedProcess:
+def run_cli(env: Env, *args: str, offline: bool = False, timeout: int = 120,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``branchpoint ARGS`` in a subprocess with the stand-in as HF_ENDPOINT (set before import)."""
-    return subprocess.run([sys.executable, "-m", "resume", *args], env=env.vars(offline), capture_output=True,
-                          text=True, timeout=timeout, cwd=str(Path(__file__).resolve().parents[2]))
+    return subprocess.run([sys.executable, "-m", "resume", *args], env={**env.vars(offline), **(extra_env or {})},
+                          capture_output=True, text=True, timeout=timeout, cwd=str(Path(__file__).resolve().parents[2]))

@@ -104,3 +104,29 @@ def test_no_tensor_of_the_full_logits_exists_in_forward_or_backward():
 def test_chunk_size_follows_the_vocabulary():
     assert logits_chunk_tokens(50304) == (128 << 20) // (4 * 50304) == 667
     assert CausalLMLoss(_gpt_neox()).chunk_tokens == (128 << 20) // (4 * VOCAB)
+
+
+def test_a_head_with_bias_ignored_labels_and_autocast_match_the_reference():
+    from resume.loss import chunked_cross_entropy
+
+    torch.manual_seed(3)
+    head = torch.nn.Linear(16, 50)
+    hidden = torch.randn(23, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (23,))
+    labels[[2, 7, 8]] = -100  # ignored positions count neither in the sum nor in the mean
+    ref = F.cross_entropy(head(hidden), labels)
+    g_ref = torch.autograd.grad(ref, [hidden, head.weight, head.bias])
+    got = chunked_cross_entropy(head, hidden, labels, chunk_tokens=5)
+    g_got = torch.autograd.grad(got, [hidden, head.weight, head.bias])
+    assert abs(got.item() - ref.item()) <= 1e-6 * ref.item()
+    for a, b in zip(g_got, g_ref):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    # under bf16 autocast the head's matmuls run in bf16 (as nn.Linear's would), the softmax in fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref16 = F.cross_entropy(head(hidden).float(), labels)
+        got16 = chunked_cross_entropy(head, hidden, labels, chunk_tokens=5)
+    g16_ref = torch.autograd.grad(ref16, [hidden, head.weight])
+    g16_got = torch.autograd.grad(got16, [hidden, head.weight])
+    assert got16.dtype == torch.float32 and abs(got16.item() - ref16.item()) <= 1e-3 * ref16.item()
+    for a, b in zip(g16_got, g16_ref):
+        assert a.dtype == b.dtype and torch.allclose(a, b, rtol=2e-2, atol=2e-3)
