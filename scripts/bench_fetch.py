@@ -138,7 +138,7 @@ def main() -> None:
     # --data-steps: bytes moved vs bytes of the rows needed (B = 1024 rows of 2049 uint16 tokens).
     with contextlib.redirect_stderr(io.StringIO()):
         got = fetch_data_steps(run, 4, 2, endpoint=endpoint, cache_dir=work / "data", progress=False)
-    idx_bytes = (got.folder / "document.idx").stat().st_size
+    idx_bytes = (got.folder / "document.idx").stat().st_size  # the logical size of the (sparse) partial index
     parent.send("stop")
     server.join(10)
     shutil.rmtree(work, ignore_errors=True)
@@ -173,9 +173,11 @@ def main() -> None:
         "",
         f"Batches 4..5 of a 21-shard preshuffled stand-in (B = 1024 rows x 2049 uint16 tokens): rows needed "
         f"{got.row_bytes} B, range payload moved {got.bytes_moved} B (ratio {got.bytes_moved / got.row_bytes:.3f}), "
-        f"plus document.idx {idx_bytes} B fetched whole, in {got.requests} Range GETs.",
+        f"in {got.requests} Range GETs; of document.idx ({idx_bytes} B) only {got.index_bytes_moved} B by ranges "
+        f"(header + 12 B per row: {got.index_bytes_moved / (got.rows.stop - got.rows.start):.2f} B per row needed).",
         "For the real Pythia: branching from step 20000 for 2000 steps needs 2000 x 1024 x 2049 x 2 B = "
-        f"{2000 * 1024 * 2049 * 2 / 1e9:.2f} GB of rows (+ the index), not the ~600 GB of all 21 shards.",
+        f"{2000 * 1024 * 2049 * 2 / 1e9:.2f} GB of rows and {2000 * 1024 * 12 / 1e6:.1f} MB of index, not the ~600 GB "
+        "of all 21 shards and the 2.9 GB index.",
         "",
         "raw wall times (s): " + "; ".join(f"{k}: {', '.join(f'{t:.3f}' for t in v)}" for k, v in times.items()),
         "",

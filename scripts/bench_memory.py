@@ -69,7 +69,7 @@ def child(args: argparse.Namespace) -> None:
     wrapper = CausalLMLoss(model)
 
     saved = {"bytes": 0}
-    seen: set[int] = set()
+    seen = {q.untyped_storage().data_ptr() for q in model.parameters()}  # weights are counted in 16 * P
 
     def pack(t):
         key = t.untyped_storage().data_ptr()
@@ -142,37 +142,38 @@ def main() -> None:
         args.micro = args.micro[0]
         return child(args)
 
-    from resume.microbatch import cpu_estimate
+    from resume.microbatch import activation_bytes_per_row, cpu_estimate
 
     cfg = config(args.shape, args.seq_len).to_dict()
     gib = 1 << 30
     print(f"{args.shape} (vocab 50304, seq {args.seq_len}), one update on {args.device}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-    print("| micro-batch | mode | peak RSS GiB | floor GiB | peak / floor | saved activations GiB | engine estimate GiB | s |")
+    print("| micro-batch | loss | peak GiB | floor GiB | peak / floor | saved activations GiB | engine estimate GiB | s |")
     print("|---|---|---|---|---|---|---|---|")
+    modes = [m for m in ("after", "before") if m in args.modes]  # "after" first: it measures the activations
     for b in args.micro:
-        for mode in args.modes:
+        saved = None
+        for mode in modes:
             est = cpu_estimate(cfg, b, args.seq_len, full_logits=mode == "before")
+            label = "chunked (after)" if mode == "after" else "full logits (before)"
             if args.device == "cpu" and est.total / gib > args.max_gib:
-                print(f"| {b} | {mode} | not run: estimated {est.total / gib:.1f} GiB > --max-gib {args.max_gib} | | | | | |")
+                print(f"| {b} | {label} | not run: the estimate {est.total / gib:.1f} GiB exceeds --max-gib {args.max_gib} "
+                      "(a shared machine) | | | | | |")
                 continue
             r = run_child(args.shape, b, mode, args.seq_len, args.device)
             if r is None:
-                print(f"| {b} | {mode} | out of memory | | | | | |")
+                print(f"| {b} | {label} | out of memory | | | | | |")
                 continue
-            saved = r["saved_activation_bytes"] if mode == "after" else None
-            if mode == "before":  # the floor does not depend on the loss: take the chunked run's activations
-                ra = run_child(args.shape, b, "after", args.seq_len, args.device) if "after" not in args.modes else None
-                saved = (ra or {}).get("saved_activation_bytes", floor_cache.get(b))
-            floor_cache[b] = saved if saved is not None else floor_cache.get(b)
+            if mode == "after":
+                saved = r["saved_activation_bytes"]
+            acts = saved if saved is not None else b * activation_bytes_per_row(cfg, args.seq_len)
             peak = r.get("peak_allocated", r["peak_rss"])
             base = 0 if "peak_allocated" in r else r["base_rss"]
-            floor = base + 16 * r["params"] + (saved or 0)
-            print(f"| {b} | {mode} | {peak / gib:.2f} | {floor / gib:.2f} | {peak / floor:.2f} | "
-                  f"{(saved or 0) / gib:.2f} | {est.total / gib:.2f} | {r['seconds']:.1f} |")
+            floor = base + 16 * r["params"] + acts
+            print(f"| {b} | {label} | {peak / gib:.2f} | {floor / gib:.2f} | {peak / floor:.2f} | {acts / gib:.2f} | "
+                  f"{est.total / gib:.2f} | {r['seconds']:.0f} |", flush=True)
 
 
-floor_cache: dict[int, int | None] = {}
 
 if __name__ == "__main__":
     main()

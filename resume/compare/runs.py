@@ -53,13 +53,14 @@ class RunRef:
         order = getattr(self.info, "data_order", None) or {}
         if not self.is_released or order.get("kind") != "mmidx" or not batches:
             return
-        from data_order.remote import fetch_rows, merge_spans, plan_rows
+        from data_order.remote import fetch_rows, plan_rows
 
         plan = plan_rows(self.info, [(b, b + 1) for b in batches])
-        keep = [(a, b) for a, b in plan.missing if plan.num_batches is None or b <= plan.num_batches]
-        if keep or not order.get("path"):
-            got = fetch_rows(self.info, merge_spans(keep) or plan.spans, progress=self.progress)
-            self.info.data_order = {**order, "path": str(got.folder)}
+        nb = plan.num_batches
+        missing = [(a, b if nb is None else min(b, nb)) for a, b in plan.missing if nb is None or a < nb]
+        folder = fetch_rows(self.info, missing, progress=self.progress).folder if missing else plan.folder
+        if folder is not None:
+            self.info.data_order = {**order, "path": str(folder)}
 
     def averaged(self, step: int) -> Path | None:
         return self.traj.averaged_dir(step) if self.traj is not None else None

@@ -131,3 +131,33 @@ def test_range_arithmetic():
     assert subtract_ranges([[0, 10], [20, 30]], [[2, 4], [8, 25]]) == [[0, 2], [4, 8], [25, 30]]
     assert subtract_ranges([[0, 10]], [[0, 10]]) == []
     assert HEADER_SIZE == 34
+
+
+def test_a_copy_with_the_whole_index_from_an_older_fetch_is_used_and_extended(env, hub, world):
+    from checkpoints_cache.data_store import fetch_ranges
+
+    # the layout older fetches left: document.idx downloaded whole and linked into the folder
+    old = fetch_ranges(DATA_REPO, {}, whole_files=["document.idx"], endpoint=env.endpoint, cache_dir=env.cache,
+                       progress=False)
+    assert (old.folder / "document.idx").is_symlink()
+    hub.log.clear()
+    got = _fetch(env, 1, 2)
+    idx_sha = hashlib.sha256(world.data_files["document.idx"]).hexdigest()
+    assert hub.requests("GET", f"/lfs-cdn/{idx_sha}") == []  # nothing of the index is fetched again
+    assert got.folder == old.folder and got.bytes_moved == 2 * BATCH * ROW * 2
+    np.testing.assert_array_equal(MMapIndexedDataset(got.folder).rows(BATCH, 3 * BATCH, ROW), world.rows[BATCH:3 * BATCH])
+
+
+def test_missing_rows_of_a_partial_copy_are_named_span_by_span(env, hub, world):
+    _fetch(env, 1, 1)
+    _fetch(env, 4, 1)
+    ds = MMapIndexedDataset(_fetch(env, 1, 1).folder)
+    with pytest.raises(NotFetchedError) as e:
+        ds.check_fetched(0, 6 * BATCH)
+    assert e.value.spans == [(0, BATCH), (2 * BATCH, 4 * BATCH), (5 * BATCH, 6 * BATCH)]
+    assert f"rows 0..{BATCH - 1}, {2 * BATCH}..{4 * BATCH - 1}, {5 * BATCH}..{6 * BATCH - 1} of" in str(e.value)
+    from data_order.source import TokenRows
+
+    with pytest.raises(NotFetchedError, match=rf"`branchpoint fetch {RUN} --data-batches 0..0 --data-batches 2..3 "
+                                              r"--data-batches 5..5`"):
+        TokenRows(ds, BATCH, ROW - 1, run=RUN).check_fetched(0, 6)
