@@ -113,7 +113,11 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 def chunked_cross_entropy(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
     """Mean cross-entropy of ``head(hidden)`` against ``labels`` ([N, d] and [N]), chunk by chunk.
 
-    Equal to ``F.cross_entropy(head(hidden).float(), labels)`` up to the order of the fp32 sums."""
+    Equal to ``F.cross_entropy(head(hidden).float(), labels)`` up to the order of the fp32 sums. A
+    micro-batch whose logits fit one chunk (the toy's) takes exactly that plain path: the same ops
+    as a bare PyTorch loop, with at most one chunk of logits alive."""
+    if hidden.shape[0] <= chunk_tokens:
+        return F.cross_entropy(head(hidden).float(), labels, ignore_index=IGNORE_INDEX)
     count = (labels != IGNORE_INDEX).sum().clamp(min=1).to(torch.float32)
     return _ChunkedLinearCrossEntropy.apply(hidden, head.weight, getattr(head, "bias", None), labels,
                                             int(chunk_tokens), count)

@@ -14,8 +14,8 @@ benchmarks/RESULTS.md) is, in bytes::
 The per-row term is what autograd saves for backward (measured with saved-tensor hooks: 10 d +
 2 I floats per token and layer for GPT-NeoX, 10 d + 4 I for Llama; it matches the measured saved
 bytes of the pythia-14m and -160m shapes to 1%), times 1.5 for the activation gradients and
-temporaries alive during backward (the measured peak-RSS growth per row is 1.1x the saved bytes
-for the 160m shape and up to 1.5x for the 14m one). It is compared with 85% of the memory
+temporaries alive during backward (the measured peak-RSS growth per row is 1.07x the saved bytes
+for the 160m shape and 1.3x for the 14m one; benchmarks/RESULTS.md). It is compared with 85% of the memory
 available now (``MemAvailable``, or the cgroup limit if lower), shared by the processes of this
 machine.
 
