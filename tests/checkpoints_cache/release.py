@@ -65,8 +65,10 @@ def serve_trajectory(hub: HubStandin, traj: Path, model_repo: str, data_repo: st
     hub.add_commit("dataset", data_repo, "main", files)
     recipe = dict(meta["recipe"])
     order = meta["data_order"]
+    # family "other": the toy has the Pythia architecture but was trained by branchpoint's engine with
+    # transformers' numerics, not by GPT-NeoX (family "pythia" would default a branch to --numerics neox)
     return {
-        "name": name, "repo_id": model_repo, "family": "pythia", "scheme": "stepN", "grid": grid,
+        "name": name, "repo_id": model_repo, "family": "other", "scheme": "stepN", "grid": grid,
         "notes": [f"the toy trajectory {traj.name}, served by the test Hub stand-in"],
         "recipe": recipe,
         "architecture": dict(meta["architecture"]["config"]),
