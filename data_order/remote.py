@@ -333,22 +333,24 @@ def fetch_rows(
         raise UserError(f"{repo}@{revision} has no {INDEX_NAME}; is it a preshuffled MMIDIDX repo?")
     layout = shard_layout({n: f.size for n, f in files.items() if SHARD_RE.match(n)})
 
-    def get(wanted: dict[str, list[tuple[int, int]]], progress: bool = progress) -> data_store.RangeFetch:
+    def get(wanted: dict[str, list[tuple[int, int]]], progress: bool = progress, validate=None) -> data_store.RangeFetch:
         return data_store.fetch_ranges(repo, wanted, revision=revision, commit=commit, endpoint=endpoint,
-                                       cache_dir=cache_dir, root=root, progress=progress)
+                                       cache_dir=cache_dir, root=root, progress=progress, validate=validate)
 
     folder = data_store.store_folder(repo, root=root) / commit
     local = LocalCopy.open(folder if (folder / data_store.MANIFEST).is_file() else None)
     index_moved = 0
+    total = layout[-1][1] + layout[-1][2]
     if local.num_rows is None:  # 1. the header: N and the token dtype
-        index_moved += get({INDEX_NAME: [(0, HEADER_SIZE)]}, progress=False).bytes_received
+        index_moved += get({INDEX_NAME: [(0, HEADER_SIZE)]}, progress=False, validate=_header_check).bytes_received
         local = LocalCopy.open(folder)
     n = int(local.num_rows)
     if rows[-1][1] > n:
         raise UserError(f"batches up to {spans[-1][1] - 1} need rows up to {rows[-1][1] - 1} but {repo} has {n} rows "
                         f"(last whole batch: {n // b_size - 1})")
-    if not local.index_complete:  # 2. sizes + pointers of the needed rows, by range
-        index_moved += get({INDEX_NAME: _index_ranges(_with_skeleton(rows, n), n)}).bytes_received
+    if not local.index_complete:  # 2. sizes + pointers of the needed rows, by range (checked before recorded)
+        check = _index_validator(n, rows, t + 1, local.itemsize, total)
+        index_moved += get({INDEX_NAME: _index_ranges(_with_skeleton(rows, n), n)}, validate=check).bytes_received
     dtype, sizes, pointers = index_entries(folder / INDEX_NAME)
     wanted: dict[str, list[tuple[int, int]]] = {}
     nbytes = 0
@@ -378,6 +380,62 @@ def read_header(idx_path: Path) -> tuple[np.dtype, int]:
         raise DataOrderError(f"{idx_path} is not an MMIDIDX index (magic {magic!r}, dtype code {code}); "
                              f"delete {idx_path.parent} and fetch again")
     return DTYPE_CODES[code], int(n)
+
+
+def _header_check(name: str, s: int, e: int, path: Path) -> str | None:
+    """The 34-byte MMIDIDX header: magic, version 1, a known token dtype (pythia.md §4.3)."""
+    if name != INDEX_NAME or s > 0 or e < HEADER_SIZE:
+        return None
+    with open(path, "rb") as f:
+        magic, version, code, _n, _d = HEADER.unpack(f.read(HEADER_SIZE))
+    if magic != MAGIC or version != 1 or code not in DTYPE_CODES:
+        return f"the first {HEADER_SIZE} bytes are not an MMIDIDX header (magic {magic!r}, version {version}, dtype {code})"
+    return None
+
+
+def _index_validator(n: int, rows: list[Span], row_len: int, itemsize: int,
+                     total_bytes: int) -> Callable[[str, int, int, Path], str | None]:
+    """The range check of ``document.idx`` entries before they are recorded (as the rows' own check):
+    the needed rows' sizes are ``row_len``, their pointers lie back to back, row 0 starts at 0 and
+    every pointer lies inside the shards."""
+    step = row_len * itemsize
+
+    def needed(r0: int, r1: int) -> np.ndarray:
+        mask = np.zeros(r1 - r0, dtype=bool)
+        for a, b in rows:
+            lo, hi = max(a, r0), min(b, r1)
+            if lo < hi:
+                mask[lo - r0:hi - r0] = True
+        return mask
+
+    def check(name: str, s: int, e: int, path: Path) -> str | None:
+        if name != INDEX_NAME or e <= s:
+            return None
+        buf = np.memmap(path, dtype=np.uint8, mode="r")
+        if s < HEADER_SIZE <= e:
+            magic, version, code, count, _d = HEADER.unpack(bytes(buf[:HEADER_SIZE]))
+            if magic != MAGIC or version != 1 or code not in DTYPE_CODES or count != n:
+                return f"the header is not an MMIDIDX header of {n} rows"
+        lo, hi = max(s, HEADER_SIZE), min(e, HEADER_SIZE + 4 * n)  # sizes
+        if lo < hi:
+            r0 = (lo - HEADER_SIZE) // 4
+            sizes = np.frombuffer(bytes(buf[lo:hi]), dtype="<i4")
+            bad = np.flatnonzero((sizes != row_len) & needed(r0, r0 + sizes.size))
+            if bad.size:
+                return f"row {r0 + int(bad[0])} has {int(sizes[bad[0]])} tokens in the index, not {row_len}"
+        lo, hi = max(s, HEADER_SIZE + 4 * n), min(e, HEADER_SIZE + 12 * n)  # pointers
+        if lo < hi:
+            r0 = (lo - HEADER_SIZE - 4 * n) // 8
+            ptr = np.frombuffer(bytes(buf[lo:hi]), dtype="<i8")
+            mask = needed(r0, r0 + ptr.size)
+            if ((ptr < 0) | (ptr >= total_bytes)).any() or (r0 == 0 and ptr[0] != 0):
+                return f"a pointer of rows {r0}..{r0 + ptr.size - 1} lies outside the {total_bytes} bytes of the shards"
+            both = mask[1:] & mask[:-1]
+            if (np.diff(ptr)[both] != step).any():
+                return f"the pointers of rows {r0}..{r0 + ptr.size - 1} do not step by {step} bytes"
+        return None
+
+    return check
 
 
 def index_entries(idx_path: Path) -> tuple[np.dtype, np.ndarray, np.ndarray]:
@@ -411,6 +469,9 @@ def _rows_validator(layout: list[tuple[str, int, int]], dtype: np.dtype, sizes: 
         return None
 
     return check
+
+
+_index_arrays = index_entries  # the name data_order.row_check's tests use
 
 
 def _check_entries(sizes: np.ndarray, ptr: np.ndarray, itemsize: int, a: int, seq_len: int, repo: str) -> None:

@@ -161,3 +161,17 @@ def test_missing_rows_of_a_partial_copy_are_named_span_by_span(env, hub, world):
     with pytest.raises(NotFetchedError, match=rf"`branchpoint fetch {RUN} --data-batches 0..0 --data-batches 2..3 "
                                               r"--data-batches 5..5`"):
         TokenRows(ds, BATCH, ROW - 1, run=RUN).check_fetched(0, 6)
+
+
+def test_fetch_commands_and_batch_spans_round_trip():
+    from data_order.remote import fetch_command, parse_batches, spans_text
+
+    assert fetch_command("pythia-160m", [(4000, 4010)], 4000, optimizer=True) == \
+        "branchpoint fetch pythia-160m --step 4000 --optimizer --data-batches 4000..4009"
+    assert fetch_command("pythia-410m", [(0, 4), (9, 10)]) == \
+        "branchpoint fetch pythia-410m --data-batches 0..3 --data-batches 9..9"
+    assert [parse_batches(x) for x in ("0..3", "9", " 7 .. 8 ")] == [(0, 4), (9, 10), (7, 9)]
+    assert spans_text([(0, 1), (4, 6)], 1024) == "batches 0..0 (rows 0..1023), batches 4..5 (rows 4096..6143)"
+    for bad in ("3..1", "a..b", "-1"):
+        with pytest.raises(UserError, match="--data-batches"):
+            parse_batches(bad)

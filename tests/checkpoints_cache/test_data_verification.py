@@ -26,6 +26,16 @@ def _fetch(env, step, k):
     return fetch_data_steps(resolve_run(RUN), step, k, endpoint=env.endpoint, cache_dir=env.cache, progress=False)
 
 
+def _corrupt_data(hub, world, times: int = 1) -> None:
+    """Damage the first Range GET(s) of every shard: the data rows (document.idx is read by ranges too, so a
+    fault on any /lfs-cdn/ path would hit its entries first -- they have a check of their own)."""
+    import hashlib
+
+    for name, data in world.data_files.items():
+        if name.endswith(".bin"):
+            hub.inject("corrupt", f"/lfs-cdn/{hashlib.sha256(data).hexdigest()}", times=times)
+
+
 def _flipped_over_vocab(world, row: int) -> int:
     """How many of the 8 tokens the stand-in's corruption hits at the start of ``row`` leave the vocabulary."""
     return int((65535 - world.rows[row, :8].astype(np.int64) >= VOCAB).sum())
@@ -33,9 +43,9 @@ def _flipped_over_vocab(world, row: int) -> int:
 
 def test_a_damaged_range_is_fetched_again_and_the_stored_rows_equal_the_served_ones(env, hub, world, capfd):
     assert resolve_run(RUN).architecture["vocab_size"] == VOCAB
-    _fetch(env, 0, 1)  # the index is cached: the fault now hits the first Range GET
+    _fetch(env, 0, 1)
     assert _flipped_over_vocab(world, 3 * BATCH) >= 1  # the damage is of the detectable kind
-    hub.inject("corrupt", "/lfs-cdn/")
+    _corrupt_data(hub, world)
     got = _fetch(env, 3, 1)
     assert "token id(s) >= the vocabulary size 50304" in capfd.readouterr().err
     ds = MMapIndexedDataset(got.folder)
@@ -46,11 +56,13 @@ def test_a_range_damaged_twice_is_refused_and_not_recorded(env, hub, world):
     _fetch(env, 0, 1)
     folder_before = read_fetched(_fetch(env, 0, 1).folder)
     assert _flipped_over_vocab(world, 5 * BATCH) >= 1
-    hub.inject("corrupt", "/lfs-cdn/", times=2)
+    _corrupt_data(hub, world, times=2)
     with pytest.raises(CorruptRangeError, match=r"arrived damaged twice \(\d+ token id\(s\) >= the vocabulary size 50304"):
         _fetch(env, 5, 1)
     folder = _fetch(env, 0, 1).folder
-    assert read_fetched(folder) == folder_before  # nothing of batch 5 was recorded
+    shards = lambda fetched: {k: v for k, v in fetched.items() if k != "document.idx"}  # noqa: E731
+    # nothing of batch 5's rows was recorded (its index entries were, once checked: they arrived intact)
+    assert shards(read_fetched(folder)) == shards(folder_before)
     with pytest.raises(Exception, match="were not fetched"):
         MMapIndexedDataset(folder).rows(5 * BATCH, 5 * BATCH + 1, ROW)
 
@@ -59,7 +71,7 @@ def test_the_cli_refuses_damaged_rows_with_one_line(env, hub, world):
     r = run_cli(env, "fetch", RUN, "--step", "4", "--data-steps", "1")  # index + batch 4
     assert r.returncode == 0, r.stderr
     assert _flipped_over_vocab(world, 5 * BATCH) >= 1
-    hub.inject("corrupt", "/lfs-cdn/", times=2)
+    _corrupt_data(hub, world, times=2)
     r = run_cli(env, "fetch", RUN, "--step", "4", "--data-steps", "2")  # only batch 5 is new
     err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode == 2 and len(err) == 1 and "arrived damaged twice" in err[0], r.stderr
@@ -152,3 +164,22 @@ def test_the_validation_callback_runs_before_a_range_is_recorded(env, hub, world
         fetch_ranges(DATA_REPO, {name: [(6000, 7000)]}, endpoint=env.endpoint, cache_dir=env.cache, progress=False,
                      validate=always_bad)
     assert read_fetched(got.folder)[name] == [[100, 5000]]
+
+
+def test_damaged_index_entries_are_fetched_again_or_refused(env, hub, world):
+    """document.idx is read by ranges: its entries are checked too (sizes = the row length, pointers back to
+    back) before they are recorded; damaged once, fetched again; damaged twice, refused with nothing recorded."""
+    import hashlib
+
+    idx = f"/lfs-cdn/{hashlib.sha256(world.data_files['document.idx']).hexdigest()}"
+    _fetch(env, 0, 1)  # the header and row 0's entries
+    hub.inject("corrupt", idx)
+    got = _fetch(env, 3, 1)
+    np.testing.assert_array_equal(MMapIndexedDataset(got.folder).rows(3 * BATCH, 4 * BATCH, ROW),
+                                  world.rows[3 * BATCH:4 * BATCH])
+    before = read_fetched(got.folder)
+    hub.inject("corrupt", idx, times=2)
+    with pytest.raises(CorruptRangeError, match=r"document.idx bytes \d+-\d+ arrived damaged twice \(row \d+ has -?\d+ "
+                                                r"tokens in the index, not 2049\)"):
+        _fetch(env, 5, 1)
+    assert read_fetched(got.folder) == before  # nothing of batch 5 (entries or rows) was recorded
