@@ -125,7 +125,7 @@ def write_summary(df: pd.DataFrame, parent_label: str, parent_spec: str, runs: l
     if sections:
         lines += ["", *sections]
     lines += ["", "## Notes", ""]
-    lines.append("- `kl` = mean over tokens of KL(parent ‖ model) from float64 log-softmax; `top1_agreement` = share of "
+    lines.append("- `kl` = mean over tokens of KL(parent ‖ model) = log E_p[e^(z−z_p)] − E_p[z−z_p] on the fp32 logits with float64 sums (recomputed from float64 log-softmax where the models nearly agree); `top1_agreement` = share of "
                  "positions where the parent's most likely token is also the model's; `delta_loss` = model − parent at the same step.")
     lines.append("- `param_distance` = ‖θ − θ_parent(S)‖ / ‖θ_parent(S) − θ_parent(N)‖. At the branch step N the "
                  "parent has not moved: the ratio is 0 when the model equals the parent exactly and left out "

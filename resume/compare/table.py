@@ -4,7 +4,8 @@ Metric definitions (all on the same held-out eval set, mean over its predicted t
 
 - ``loss``: cross-entropy in nats per token (every run, the parent included).
 - ``delta_loss``: loss of the compared model minus the parent's loss at the same step.
-- ``kl``: KL(parent || model) in nats per token, from float64 log-softmax of both models' logits.
+- ``kl``: KL(parent || model) in nats per token, from both models' fp32 logits with float64 sums
+  (from float64 log-softmax where the models nearly agree; ``metrics.pair_sums``).
 - ``top1_agreement``: share of positions where the parent's most likely next token is also the
   model's most likely one (ties count as agreement).
 - ``param_distance_abs``: ‖θ − θ_parent(S)‖₂ over all parameters.
