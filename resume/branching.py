@@ -40,6 +40,7 @@ from resume.interventions.spec import parse_intervention
 from resume.numerics import NeoXLossScaler, apply_numerics, check_numerics, default_numerics, describe_numerics
 from resume.parent import ParentRun, fetch_release, open_parent, plan_release
 from resume.plan import BranchPlan
+from resume.sharding import activated, check_resume, check_sharding, launch_world_size, resolve_sharding
 from resume.state import STATE_DIR
 
 OPTIMIZER_MODES = ("exact", "reestimate", "fresh")
@@ -336,6 +337,7 @@ def branch(
     log_with: str | None = None,
     repeat: tuple[int, int] | None = None,
     repeat_vary: str = "order",
+    sharding: str | None = None,
     before_training: Callable[[ParentRun, int], None] | None = None,
     after_training: Callable[[Path], None] | None = None,
     show_plan: bool = True,
@@ -362,17 +364,22 @@ def branch(
     release's order (``seeded`` | ``file``); ``eval_batches`` is only for the plan (the held-out batches
     ``compare`` will read). ``log_with``: accelerate trackers (``resume.tracking``). ``repeat``: (i, R), the
     i-th of R repeats, with the rows of each batch reordered by seed i (``resume.repeats``, ``repeat_vary``).
+    ``sharding``: ``none`` | ``fsdp`` | ``deepspeed`` (default: what the launch's accelerate config or
+    environment says; ``resume.sharding``).
     """
     if dry_run and resume:
         raise UserError("--dry-run writes nothing and --resume continues a branch on disk; use one of them, not both")
-    run, iv, out, from_step, step_name = _open_branch(parent, from_step, steps, intervention, out, order, repeat)
+    mode = resolve_sharding(sharding)
+    run, iv, out, from_step, step_name = _open_branch(parent, from_step, steps, intervention, out, order, repeat,
+                                                      mode, micro_batch_size)
     lock = output_lock(out) if launch_rank() == 0 and not dry_run else contextlib.nullcontext()
-    with lock:  # held for the whole run (rank 0 holds it for every process of a launch)
+    with lock, activated(mode):  # held for the whole run (rank 0 holds it for every process of a launch)
         done = _branch_locked(run, iv, from_step, steps, out, optimizer_state=optimizer_state, resume=resume,
                               micro_batch_size=micro_batch_size, save_every=save_every, precision=precision,
                               numerics=numerics, progress=progress, check_only=False, dry_run=dry_run,
                               step_name=step_name, eval_batches=eval_batches, before_training=before_training,
-                              log_with=log_with, repeat=repeat, repeat_vary=repeat_vary, show_plan=show_plan)[0]
+                              log_with=log_with, repeat=repeat, repeat_vary=repeat_vary, show_plan=show_plan,
+                              sharding=mode)[0]
         if done is not None and not dry_run and after_training is not None and launch_rank() == 0:
             after_training(done)
     return done
@@ -382,19 +389,22 @@ def check_branch(
     parent: str | Path, from_step: int | str, steps: int, *, intervention: str = "none",
     optimizer_state: str | None = None, out: str | Path | None = None, micro_batch_size: int | str | None = None,
     precision: str | None = None, numerics: str | None = None, order: str | None = None,
-    before_training: Callable[[ParentRun, int], None] | None = None,
+    before_training: Callable[[ParentRun, int], None] | None = None, sharding: str | None = None,
 ) -> BranchDefinition:
     """Every check ``branch`` makes before training, without fetching or writing anything; the resolved definition."""
-    run, iv, out, from_step, step_name = _open_branch(parent, from_step, steps, intervention, out, order)
-    return _branch_locked(run, iv, from_step, steps, out, optimizer_state=optimizer_state, resume=False,
-                          micro_batch_size=micro_batch_size, save_every=None, precision=precision, numerics=numerics,
-                          progress=False, check_only=True, dry_run=False, step_name=step_name, eval_batches=None,
-                          before_training=before_training)[1]
+    mode = resolve_sharding(sharding)
+    run, iv, out, from_step, step_name = _open_branch(parent, from_step, steps, intervention, out, order, None,
+                                                      mode, micro_batch_size)
+    with activated(mode):
+        return _branch_locked(run, iv, from_step, steps, out, optimizer_state=optimizer_state, resume=False,
+                              micro_batch_size=micro_batch_size, save_every=None, precision=precision,
+                              numerics=numerics, progress=False, check_only=True, dry_run=False, step_name=step_name,
+                              eval_batches=None, before_training=before_training, sharding=mode)[1]
 
 
 def _open_branch(parent: str | Path, from_step: int | str, steps: int, intervention: str, out: str | Path | None,
-                 order: str | None, repeat: tuple[int, int] | None = None
-                 ) -> tuple[ParentRun, Intervention, Path, int, str | None]:
+                 order: str | None, repeat: tuple[int, int] | None = None, sharding: str = "none",
+                 micro_batch_size: int | str | None = None) -> tuple[ParentRun, Intervention, Path, int, str | None]:
     # 1. validate everything before anything is written
     if steps <= 0:
         raise UserError(f"--steps {steps}: the number of updates must be a positive integer")
@@ -407,6 +417,9 @@ def _open_branch(parent: str | Path, from_step: int | str, steps: int, intervent
     run.require_step(from_step)
     _with_order(run, order)
     iv = parse_intervention(intervention)
+    from resume.microbatch import parse_micro_batch
+
+    check_sharding(sharding, launch_world_size(), run.recipe.batch_size, iv, parse_micro_batch(micro_batch_size))
     rep = f"-rep{repeat[0]}" if repeat else ""
     out = Path(out) if out is not None else Path("branches") / f"{run.name}-step{from_step}-{iv.name}-k{steps}{rep}"
     check_output_dir(out)
@@ -431,7 +444,7 @@ def _branch_locked(
     numerics: str | None, progress: bool, check_only: bool, dry_run: bool, step_name: str | None,
     eval_batches: int | None, before_training: Callable[[ParentRun, int], None] | None,
     log_with: str | None = None, repeat: tuple[int, int] | None = None, repeat_vary: str = "order",
-    show_plan: bool = True,
+    show_plan: bool = True, sharding: str = "none",
 ) -> tuple[Any, BranchDefinition]:
     """(the branch dir -- the plan for a dry run, None for a chunk release's dry run --, the definition)."""
     from resume.microbatch import parse_micro_batch
@@ -499,6 +512,15 @@ def _branch_locked(
 
     # NeoX fp16: DeepSpeed's loss scaler replaces accelerate's GradScaler (on CPU fp32 it never applies)
     use_scaler = numerics == "neox" and train_precision(run.recipe, precision) == "fp16"
+    saved = resume_point(out) if resume and not check_only else None
+    if saved is not None and not earlier.meta.get("complete"):  # a state this launch cannot continue: refused now
+        note = check_resume(saved.train_state, sharding, launch_world_size(),
+                            saved.sharding != "none" and saved.intervention_holds_tensors())
+        if note and launch_rank() == 0:
+            print(note, file=sys.stderr)
+    if sharding == "deepspeed" and mode == "exact" and not check_only:
+        raise UserError("--sharding deepspeed starts DeepSpeed's ZeRO optimizer from zeros; the parent's exact state "
+                        "cannot be handed to it: use --optimizer-state reestimate or fresh")
     if fetch_spans is not None:  # a released mmidx run: the weights at N and the rows, as planned (main process first)
         plan.check_disk()
         accelerator = make_accelerator(run.recipe, precision, own_loss_scaler=use_scaler, log_with=trackers,
@@ -529,8 +551,8 @@ def _branch_locked(
     if accelerator is None:
         accelerator = make_accelerator(run.recipe, precision, own_loss_scaler=use_scaler, log_with=trackers,
                                        project_dir=out / TRACKING_DIR)
+    check_accelerate_sharding(accelerator, sharding)
     main = accelerator.is_main_process
-    saved = resume_point(out) if resume else None
     micro = plan.micro_batch_size
 
     meta = {
@@ -548,7 +570,7 @@ def _branch_locked(
         "seeds": {"recipe": run.recipe.seed},
         "versions": library_versions(),
         "engine": {"micro_batch_size": micro, "world_size": accelerator.num_processes,
-                   "precision": definition.precision,
+                   "precision": definition.precision, "sharding": sharding,
                    "micro_batch": {"mode": plan.micro_batch_mode, "reason": plan.micro_batch_reason,
                                    "accumulation": plan.accumulation}},
         "plan": plan.to_dict(),
@@ -569,8 +591,7 @@ def _branch_locked(
         opt, imported = None, None
         if mode == "exact" and run.optimizer_dir(from_step) is not None:
             opt_dir = run.optimizer_dir(from_step)
-            with reading_checkpoint(opt_dir / "optimizer.pt"):  # a damaged file is named, with what to do
-                opt = torch.load(opt_dir / "optimizer.pt", map_location="cpu", weights_only=True)
+            opt = _load_optimizer_dir(opt_dir, model, run.recipe)
             counters = _saved_counters(opt_dir)
         elif mode == "exact":
             imported, counters = _import_neox(run, from_step, accelerator, model, meta)
@@ -579,8 +600,8 @@ def _branch_locked(
             from resume.optim import adamw_state_by_name
 
             opt = adamw_state_by_name(model, run.recipe, imported, counters["adam_step"])
-    else:
-        model = load_model(out / STATE_DIR)
+    elif saved.sharding == "fsdp":  # the weights come from the sharded state, once the model is sharded
+        model = model_from_config(out / STATE_DIR)
         opt = None
         counters = {k: saved.train_state[k] for k in ("schedule_offset", "loss_scaler") if k in saved.train_state}
     model = apply_numerics(model, numerics, run.recipe.precision)
@@ -616,13 +637,15 @@ def _branch_locked(
         loss_scaler=scaler,
         tokenizer_dir=run.checkpoint_dir(from_step),  # the parent's tokenizer goes with every checkpoint
         row_order=row_order,
+        sharding=sharding,
+        save_start=sharding == "fsdp",
     )
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / TRAJECTORY_FILE, meta)
-        if saved is None:
+        if saved is None and not job.save_start:
             write_start(job, model)
-        else:
+        elif saved is not None:
             truncate_metrics(out / "metrics.jsonl", saved.next_update)
     accelerator.wait_for_everyone()
     if trackers:
@@ -639,6 +662,43 @@ def _branch_locked(
         atomic_write_json(out / TRAJECTORY_FILE, meta)
     accelerator.wait_for_everyone()
     return out, definition
+
+
+def check_accelerate_sharding(accelerator: Any, sharding: str) -> None:
+    """The accelerator the launch made must run the sharding asked for (one line otherwise)."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if sharding == "deepspeed" and kind != DistributedType.DEEPSPEED:
+        raise UserError("--sharding deepspeed needs accelerate's DeepSpeed plugin: launch with `accelerate launch "
+                        "--config_file examples/accelerate/deepspeed_zero2.yaml -m resume branch ...` (pip install deepspeed)")
+    if sharding != "deepspeed" and kind == DistributedType.DEEPSPEED:
+        raise UserError(f"--sharding {sharding}, but the accelerate config runs DeepSpeed; pass --sharding deepspeed "
+                        "or launch with another config")
+    if sharding == "none" and kind == DistributedType.FSDP:
+        raise UserError("--sharding none, but the accelerate config runs FSDP; pass --sharding fsdp (or leave it out) "
+                        "or launch with a config without FSDP")
+
+
+def model_from_config(folder: Path) -> Any:
+    """A model of the architecture saved in ``folder`` (config.json), fp32, weights to be loaded."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with reading_checkpoint(folder / "config.json"):
+        config = AutoConfig.from_pretrained(folder)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def _load_optimizer_dir(opt_dir: Path, model: Any, recipe: Any) -> dict[str, Any]:
+    """A trajectory's optimizer state at a step, whole and index-keyed: ``optimizer.pt``, or the DCP
+    folder an FSDP branch writes (consolidated in this process)."""
+    from resume.fsdp import is_dcp_folder, whole_optimizer_state
+
+    if is_dcp_folder(opt_dir):
+        with reading_checkpoint(opt_dir / ".metadata"):
+            return whole_optimizer_state(opt_dir, model, recipe)
+    with reading_checkpoint(opt_dir / "optimizer.pt"):  # a damaged file is named, with what to do
+        return torch.load(opt_dir / "optimizer.pt", map_location="cpu", weights_only=True)
 
 
 def _saved_counters(opt_dir: Path) -> dict[str, Any]:

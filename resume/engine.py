@@ -14,6 +14,11 @@ exactly. On CPU the arithmetic is fp32 and a control branch reproduces the paren
 
 Memory: the loss is ``resume.loss.CausalLMLoss`` (chunked cross-entropy, never the full fp32
 logits); that wrapper is what ``accelerator.prepare`` wraps, so DDP/FSDP hooks fire on its forward.
+
+Sharding (``job.sharding``, ``resume.sharding``): ``fsdp`` shards the module the engine trains (the
+loss wrapper: each transformer block, then the wrapper as root) with FSDP2 (``resume.fsdp``), builds the optimizer over the shards, saves checkpoints by gathering them to
+rank 0 and the optimizer / resumable state as sharded DCP folders; ``deepspeed`` hands model and
+optimizer to accelerate's DeepSpeed plugin. ``none`` (one process or DDP) is unchanged.
 """
 
 from __future__ import annotations
@@ -86,6 +91,10 @@ class TrainJob:
     loss_scaler: Any = None  # resume.numerics.NeoXLossScaler: skip on overflow (fp16 branches of NeoX parents)
     tokenizer_dir: Path | None = None  # its tokenizer files are copied into every saved checkpoint
     row_order: Callable[[int, np.ndarray], np.ndarray] | None = None  # repeats: reorder batch n's rows
+    sharding: str = "none"  # none (one process / DDP) | fsdp | deepspeed (resume.sharding)
+    # sharded runs: the engine writes checkpoints/step{start} itself, once the model is sharded (the
+    # intervention's averaged weights at N are shards by then); unsharded runs: write_start, before train
+    save_start: bool = False
 
 
 def train_precision(recipe: Recipe, precision: str | None = None) -> str:
@@ -174,22 +183,52 @@ def save_checkpoint(job: TrainJob, model: Any, step: int, optimizer_state: dict[
     each atomically. The tokenizer goes next to every set of weights, so each folder loads on its own
     (``AutoTokenizer``, lm-eval's ``HFLM``). ``counters``: the schedule offset and loss-scaler state at
     S (a branch from S continues them)."""
-    tok = tokenizer_files(job.tokenizer_dir)
     extra = job.intervention.extra_weights(model, step)
-    need = tensor_bytes(model.state_dict()) + tensor_bytes(extra)  # for a disk-full error that says how much
+    _write_checkpoint(job, model, step, None, extra)
+    if optimizer_state is not None:
+        with atomic_dir(job.out / OPTIMIZER / step_dir_name(step), need=tensor_bytes(optimizer_state)) as tmp:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+            info = {"step": step, "next_update": step, **(counters or {})}
+            (tmp / "train_state.json").write_text(json.dumps(info) + "\n")
+
+
+def _write_checkpoint(job: TrainJob, model: Any, step: int, weights: dict[str, torch.Tensor] | None,
+                      extra: dict[str, dict[str, Any]]) -> None:
+    """checkpoints/stepS: the model (``weights``, else its own state dict), its extra weights and the
+    tokenizer, written atomically by the calling process."""
+    tok = tokenizer_files(job.tokenizer_dir)
+    need = tensor_bytes(weights if weights is not None else model.state_dict()) + tensor_bytes(extra)
     with atomic_dir(job.out / CHECKPOINTS / step_dir_name(step), need=need) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
         for name, state in extra.items():
             model.save_pretrained(tmp / name, state_dict=state, safe_serialization=True)
             for f in tok:
                 shutil.copyfile(f, tmp / name / f.name)
         for f in tok:
             shutil.copyfile(f, tmp / f.name)
-    if optimizer_state is not None:
-        with atomic_dir(job.out / OPTIMIZER / step_dir_name(step), need=tensor_bytes(optimizer_state)) as tmp:
-            torch.save(optimizer_state, tmp / "optimizer.pt")
-            info = {"step": step, "next_update": step, **(counters or {})}
-            (tmp / "train_state.json").write_text(json.dumps(info) + "\n")
+
+
+def save_checkpoint_sharded(job: TrainJob, model: Any, step: int, optimizer: Any,
+                            counters: dict[str, Any] | None = None) -> None:
+    """``save_checkpoint`` of an FSDP run, called on every rank: the weights (and extra weights) gathered
+    tensor by tensor and written by rank 0 in save_pretrained format; ``optimizer`` (None: not saved)
+    as a DCP folder ``optimizer/stepS`` that every rank writes its shards into."""
+    from resume import fsdp
+
+    extra = job.intervention.extra_weights(model, step)
+    weights = fsdp.gather_full(model.state_dict())
+    extra = {name: fsdp.gather_full(state) for name, state in extra.items()}
+    if torch.distributed.get_rank() == 0:
+        _write_checkpoint(job, model, step, weights, extra)
+    del weights, extra
+    if optimizer is not None:
+        with fsdp.shared_atomic_dir(job.out / OPTIMIZER / step_dir_name(step)) as tmp:
+            fsdp.save_sharded(tmp, model, optimizer, with_model=False)
+            if torch.distributed.get_rank() == 0:
+                info = {"step": step, "next_update": step, "sharding": "fsdp",
+                        "world_size": torch.distributed.get_world_size(), **(counters or {})}
+                (tmp / "train_state.json").write_text(json.dumps(info) + "\n")
+    torch.distributed.barrier()
 
 
 def _append_metrics(path: Path, row: dict[str, Any]) -> None:
@@ -226,18 +265,24 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
 
     # --- model and optimizer: weights at start_step, the parent's AdamW, the saved moments -------
     hf_model = job.model.to(accelerator.device)
-    optimizer = build_optimizer(hf_model, recipe)
     model = CausalLMLoss(hf_model)
     start = job.start_step
-    if job.resume_from is not None:
-        optimizer.load_state_dict(job.resume_from.optimizer_state())
-        job.intervention.load_state_dict(job.resume_from.intervention_state())
-        set_rng_state(job.resume_from.train_state["rng"])
-        start = job.resume_from.next_update
-    elif job.optimizer_state is not None:
-        optimizer.load_state_dict(job.optimizer_state)
-    job.intervention.configure_optimizer(optimizer)  # e.g. another weight decay, after any loaded state
-    model, optimizer = accelerator.prepare(model, optimizer)
+    fsdp = job.sharding == "fsdp"
+    if fsdp:
+        model, optimizer = _prepare_fsdp(job, accelerator, model, hf_model)
+        if job.resume_from is not None:
+            start = job.resume_from.next_update
+    else:
+        optimizer = build_optimizer(hf_model, recipe)
+        if job.resume_from is not None:
+            optimizer.load_state_dict(job.resume_from.optimizer_state())
+            job.intervention.load_state_dict(job.resume_from.intervention_state())
+            set_rng_state(job.resume_from.train_state["rng"])
+            start = job.resume_from.next_update
+        elif job.optimizer_state is not None:
+            optimizer.load_state_dict(job.optimizer_state)
+        job.intervention.configure_optimizer(optimizer)  # e.g. another weight decay, after any loaded state
+        model, optimizer = accelerator.prepare(model, optimizer)
     if job.resume_from is not None and accelerator.scaler is not None:
         scaler_state = job.resume_from.scaler_state()
         if scaler_state:
@@ -272,7 +317,8 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
             tokens = _rows_tensor(job.data, idx).to(accelerator.device)
             inputs, labels = tokens[:, :-1], tokens[:, 1:]
             sync = a == len(micro_ranges) - 1
-            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+            # FSDP reduce-scatters every micro-batch: skipping it would keep whole gradients on each rank
+            ctx = contextlib.nullcontext() if sync or fsdp else accelerator.no_sync(model)
             with ctx:
                 with accelerator.autocast():
                     loss = model(inputs, labels)
@@ -293,6 +339,11 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
         for state in optimizer.state.values():  # bias correction as at step N, not step M
             if "step" in state:
                 state["step"] = torch.full_like(torch.as_tensor(state["step"]), float(job.start_step))
+
+    if job.save_start and job.resume_from is None:  # sharded runs: step N once the model is sharded
+        save_checkpoint_sharded(job, unwrapped, job.start_step,
+                                optimizer.optimizer if job.save_optimizer and job.optimizer_state is not None else None,
+                                counters())
 
     metrics_path = job.out / METRICS
     if main:
@@ -337,7 +388,7 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
             "step": step,
             "loss": float(loss),
             "lr": float(lr),
-            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "grad_norm": None if grad_norm is None else float(_whole(grad_norm)),
             "tokens": step * batch_size * seq_len,
             "batch_rows": _rows_hash(all_seen),
             **job.intervention.metrics(step),
@@ -352,7 +403,14 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
 
         saving = step in job.save_steps or step == job.end_step
         rolling = job.resumable and (saving or step % job.save_every == 0)
-        if saving or rolling:
+        if (saving or rolling) and fsdp:
+            if saving:
+                save_checkpoint_sharded(job, unwrapped, step, optimizer.optimizer if job.save_optimizer else None,
+                                        counters())
+            if rolling:
+                _write_fsdp_state(job, unwrapped, optimizer, step, {"world_size": world, "micro_batch_size": micro,
+                                                                     **counters()}, accelerator)
+        elif saving or rolling:
             opt_state = optimizer.state_dict()
             if main:
                 if saving:
@@ -373,6 +431,51 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
     bar.close()
     accelerator.wait_for_everyone()
     return unwrapped
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's whole value (e.g. the gradient norm of sharded gradients, replicated), else ``t``."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _prepare_fsdp(job: TrainJob, accelerator: Accelerator, model: Any, hf_model: Any) -> tuple[Any, Any]:
+    """Shard ``model`` (the loss wrapper around ``hf_model``; FSDP2), build the optimizer over the shards
+    and load the state it starts from: the resumable DCP state (``--resume``), or a whole optimizer state
+    sliced to the shards."""
+    from resume import fsdp
+
+    if accelerator.distributed_type == DistributedType.FSDP:  # accelerate's own FSDP (GPUs + an FSDP config)
+        fsdp.configure_accelerate_plugin(accelerator, hf_model)
+        model, optimizer = accelerator.prepare(model, build_optimizer(hf_model, job.recipe))
+    else:  # accelerate keeps MULTI_CPU: the same fully_shard, called here
+        fsdp.shard(model, hf_model, accelerator)
+        optimizer = accelerator.prepare(build_optimizer(hf_model, job.recipe))
+    hf_model = accelerator.unwrap_model(model).model
+    if job.resume_from is not None:
+        fsdp.load_sharded(job.resume_from.path / fsdp.DCP_DIR, hf_model, optimizer.optimizer)
+        job.intervention.load_state_dict(job.resume_from.intervention_state(torch.distributed.get_rank()))
+        set_rng_state(job.resume_from.train_state["rng"])
+    elif job.optimizer_state is not None:
+        fsdp.load_whole_optimizer_state(optimizer.optimizer, job.optimizer_state)
+    job.intervention.configure_optimizer(optimizer.optimizer)
+    return model, optimizer
+
+
+def _write_fsdp_state(job: TrainJob, model: Any, optimizer: Any, step: int, extra: dict[str, Any],
+                      accelerator: Accelerator) -> None:
+    """The resumable state of an FSDP run (every rank): model + optimizer as DCP shards, each rank's
+    intervention state, and (rank 0) the config, RNG and counters."""
+    from resume import fsdp
+    from resume.state import write_sharded_state
+
+    with fsdp.shared_atomic_dir(job.out / STATE_DIR) as tmp:
+        fsdp.save_sharded(tmp / fsdp.DCP_DIR, model, optimizer.optimizer)
+        write_sharded_state(
+            tmp, model=model, next_update=step, rank=torch.distributed.get_rank(),
+            extra={**extra, "sharding": "fsdp"}, intervention_state=job.intervention.state_dict(),
+            scaler_state=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+        )
+    accelerator.wait_for_everyone()
 
 
 def write_start(job: TrainJob, model: Any) -> None:

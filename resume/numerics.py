@@ -166,9 +166,16 @@ class NeoXLossScaler:
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return False
+        sharded = [hasattr(g, "to_local") for g in grads]
+        grads = [g.to_local() if s else g for g, s in zip(grads, sharded)]  # FSDP: this rank's shards
         for g in grads:
             g.div_(self.loss_scale)
-        return not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        overflow = ~torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        if any(sharded):  # an overflow on any rank's shard skips the update everywhere, as in DeepSpeed
+            flag = overflow.to(grads[0].device, torch.int32)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            overflow = flag > 0
+        return bool(overflow)
 
     def update_scale(self, overflow: bool) -> None:
         """DynamicLossScaler.update_scale (DeeperSpeed deepspeed/runtime/fp16/loss_scaler.py)."""

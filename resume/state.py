@@ -4,6 +4,11 @@ Saved atomically (temporary directory + rename) to ``TRAJ/state/`` every S updat
 branch rerun with ``--resume`` continues from the last save and ends with the same weights as an
 uninterrupted run. Everything is loadable without unpickling arbitrary objects: weights are
 safetensors, tensors go through ``torch.load(weights_only=True)``, the rest is JSON.
+
+An FSDP run (``--sharding fsdp``) saves its state sharded: ``dcp/`` (model + optimizer,
+``torch.distributed.checkpoint``, read back on any world size), ``config.json``, one
+``intervention.rank{R}.pt`` per rank (its own shards of the intervention's copies) and the same
+``train_state.json`` with ``"sharding": "fsdp"`` and the world size that wrote it.
 """
 
 from __future__ import annotations
@@ -59,8 +64,18 @@ class SavedState:
     def optimizer_state(self) -> dict[str, Any]:
         return self._load(OPTIMIZER_FILE)
 
-    def intervention_state(self) -> dict[str, Any]:
-        return self._load(INTERVENTION_FILE) if (self.path / INTERVENTION_FILE).exists() else {}
+    @property
+    def sharding(self) -> str:
+        return str(self.train_state.get("sharding", "none"))
+
+    def intervention_state(self, rank: int | None = None) -> dict[str, Any]:
+        """The intervention's state (of rank ``rank``, for a sharded state)."""
+        name = INTERVENTION_FILE if rank is None or self.sharding == "none" else rank_file(INTERVENTION_FILE, rank)
+        return self._load(name) if (self.path / name).exists() else {}
+
+    def intervention_holds_tensors(self) -> bool:
+        """Whether the (rank 0) intervention state holds tensors: per-rank shards, for a sharded state."""
+        return _has_tensors(self.intervention_state(0))
 
     def scaler_state(self) -> dict[str, Any] | None:
         return self._load(SCALER_FILE) if (self.path / SCALER_FILE).exists() else None
@@ -93,6 +108,39 @@ def write_training_state(
         (tmp / TRAIN_STATE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
 
 
+def rank_file(name: str, rank: int) -> str:
+    stem, _, ext = name.rpartition(".")
+    return f"{stem}.rank{rank}.{ext}"
+
+
+def _has_tensors(obj: Any) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return True
+    if isinstance(obj, dict):
+        return any(_has_tensors(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_tensors(v) for v in obj)
+    return False
+
+
+def write_sharded_state(
+    tmp: Path, *, model: Any, next_update: int, rank: int, extra: dict[str, Any],
+    intervention_state: dict[str, Any] | None = None, scaler_state: dict[str, Any] | None = None,
+) -> None:
+    """The non-DCP part of a sharded state, into the shared temporary folder ``tmp`` (every rank calls it;
+    the DCP part is ``resume.fsdp.save_sharded``): this rank's intervention state, and on rank 0 the
+    model's config, the scaler and ``train_state.json``."""
+    if intervention_state:
+        torch.save(intervention_state, tmp / rank_file(INTERVENTION_FILE, rank))
+    if rank != 0:
+        return
+    model.config.save_pretrained(tmp)
+    if scaler_state is not None:
+        torch.save(scaler_state, tmp / SCALER_FILE)
+    info = {"next_update": int(next_update), "step": int(next_update), "rng": rng_state(), **extra}
+    (tmp / TRAIN_STATE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+
+
 def tensor_bytes(obj: Any) -> int:
     """Bytes of the tensors in a (nested) state dict: what writing it needs on disk, about."""
     if isinstance(obj, torch.Tensor):
@@ -108,7 +156,8 @@ def load_state(directory: Path) -> SavedState | None:
     """The saved state in ``directory`` if it is complete, else None."""
     directory = Path(directory)
     meta = directory / TRAIN_STATE
-    if not meta.is_file() or not (directory / OPTIMIZER_FILE).is_file():
+    sharded = (directory / "dcp" / ".metadata").is_file()  # resume.fsdp.DCP_DIR
+    if not meta.is_file() or not ((directory / OPTIMIZER_FILE).is_file() or sharded):
         return None
     with reading_checkpoint(meta):
         info = json.loads(meta.read_text())

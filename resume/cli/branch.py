@@ -34,6 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "  branchpoint branch runs/toy-tiny --from-step 48 --steps 16 "
         "--intervention bimix:source=corpus.parquet,domain_column=domain,token_column=token_ids\n"
         "  ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m resume branch runs/toy-small --from-step 400 --steps 20\n"
+        "  ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m resume branch runs/toy-small --from-step 400 --steps 20 "
+        "--sharding fsdp\n"
+        "  accelerate launch --config_file examples/accelerate/fsdp2.yaml -m resume branch pythia-1b --from-step 4000 "
+        "--steps 1000\n"
         "  branchpoint branch amber --from-step ckpt_100 --steps 762 --dry-run     # LLM360 Amber: the plan only\n"
         "  branchpoint branch amber --from-step ckpt_100 --steps 762 --order file\n"
         "  branchpoint branch pythia-160m --from-step 4000 --steps 1000 --optimizer-state exact --numerics neox\n"
@@ -75,6 +79,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--order", default=None, choices=("seeded", "file"),
                    help="LLM360 Amber chunks: seeded (default: the permutation of a run that never restarted) or file "
                    "(the chunk's file order); either way the rows of a chunk are exact and their order approximate")
+    p.add_argument("--sharding", default=None, choices=["none", "fsdp", "deepspeed"],
+                   help="none: one process or plain DDP (every rank holds the whole model); fsdp: FSDP2 full sharding "
+                   "of weights, gradients and AdamW moments (checkpoints gathered to rank 0, optimizer and resumable "
+                   "state as sharded torch.distributed.checkpoint folders); deepspeed: DeepSpeed ZeRO through "
+                   "accelerate's plugin (default: what the accelerate config / environment says, else none)")
     p.add_argument("--no-compare", action="store_true", help="skip the comparison with the parent at the end")
     p.add_argument("--eval-batches", type=int, default=4, metavar="K", help="held-out global batches for the comparison")
     p.add_argument("--log-with", default=None, metavar="TRACKER",
@@ -153,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
             log_with=args.log_with,
             repeat=rep,
             repeat_vary=args.repeat_vary,
+            sharding=args.sharding,
             before_training=check_compare,
             after_training=compare_branch if rep is None else None,  # on the main process, the branch still locked
         ))

@@ -32,7 +32,8 @@ F = 0 means β = 0 (the last iterate), as special-cased in the official code. **
 θ_N**, the weights at the branch step (the official EMA starts at step 0 of a run from scratch):
 after K updates its weight on θ_N is Π_{S=N+1..N+K} β_S = 0.5^(F·Σ 1/(S+1)) (N = 64k, K = 2k,
 F = 25: 0.59), recorded in the trajectory as ``resolved.ema_weight_on_start_at_end``. It is kept in
-float32 over all float parameters, by the main process only. Where it lives (``ema_device``): by
+float32 over all float parameters, by the main process only (under ``--sharding fsdp``: by every rank,
+its own shards, gathered only to write ``averaged/``). Where it lives (``ema_device``): by
 default (``auto``) next to the weights when they are on an accelerator, as the official code's
 shadow models are, and on CPU otherwise; ``ema_device=cpu`` forces it off the accelerator at the
 price of a device-to-host copy of every parameter after every update (benchmarks/RESULTS.md: +63 %
@@ -54,7 +55,7 @@ from checkpoints_cache.errors import UserError
 
 from .base import BranchContext
 from .params import PARENT, DeclaredIntervention, Param
-from .weights import Weights, cpu_snapshot, ema_update_, float_params, full_state_dict, is_main_process, move_
+from .weights import Weights, cpu_snapshot, ema_update_, float_params, full_state_dict, holds_copies, localize_, move_
 
 PAPER_ALPHA = 51200.0  # Figure 2's inv-sqrt offset (methods.md §2.2)
 PAPER_WARMUP = 5000.0  # the paper's warmup for that figure
@@ -123,6 +124,7 @@ def set_matrix_weight_decay(optimizer: Any, wd: float) -> None:
 class Anytime(DeclaredIntervention):
     name = "anytime"
     SUMMARY = SUMMARY
+    SHARDING = ("none", "fsdp")  # the EMA reads the weights: not reachable in DeepSpeed's ZeRO partitions
     PARAMS = (
         Param("schedule", str, "constant", "constant | invsqrt (horizon-free), or wsd: linear cooldown to exactly "
               "0.1·lr on the last update", choices=("constant", "invsqrt", "wsd")),
@@ -173,9 +175,10 @@ class Anytime(DeclaredIntervention):
     def configure_optimizer(self, optimizer: Any) -> None:
         set_matrix_weight_decay(optimizer, self.params["wd"])
 
-    # -- the EMA (main process only: the other ranks hold the same weights and write nothing) ----------
+    # -- the EMA (main process only: the other ranks hold the same weights and write nothing; sharded:
+    # every rank its own shards) --------------------------------------------------------------------------
     def on_load(self, model: Any, ctx: BranchContext) -> Any:
-        if is_main_process():
+        if holds_copies():
             self.ema_weights = cpu_snapshot(model, dtype=torch.float32)
             self._pairs = None
         self.ema_step = ctx.branch_step
@@ -183,7 +186,7 @@ class Anytime(DeclaredIntervention):
 
     @torch.no_grad()
     def after_step(self, model: Any, step: int) -> None:
-        if not is_main_process():
+        if not holds_copies():
             self.ema_step = step
             return
         if self.ema_weights is None:  # on_load not called (e.g. a direct test): start from now
@@ -194,6 +197,7 @@ class Anytime(DeclaredIntervention):
             # once per model: move the shadow next to the weights where asked (no per-step transfer)
             # and pair each EMA tensor with its parameter (named_parameters costs more than the update)
             current = dict(float_params(model))
+            localize_(self.ema_weights, current)  # taken before sharding: keep this rank's rows only
             move_(self.ema_weights, {n: self.ema_device_for(current[n].device) for n in self.ema_weights})
             names = list(self.ema_weights)
             self._pairs = (model, [self.ema_weights[n] for n in names], [current[n] for n in names])
@@ -227,7 +231,7 @@ class Anytime(DeclaredIntervention):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         ema = state.get("ema")
-        keep = ema is not None and is_main_process()
+        keep = ema is not None and holds_copies()
         self.ema_weights = {n: t.to("cpu", torch.float32) for n, t in ema.items()} if keep else None
         self._pairs = None
         self.ema_step = state.get("ema_step")

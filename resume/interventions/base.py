@@ -29,6 +29,13 @@ on every process and must leave the same training weights everywhere; copies an 
 (LAWA's snapshots, the EMA) are held by the main process only (``weights.is_main_process``). Checkpoint snapshots (LAWA) live off the
 accelerator; a running shadow such as an EMA may stay where the weights are (copying it to the CPU
 every step would cost more than the step on a GPU; ``benchmarks/RESULTS.md``).
+
+Sharded training (``--sharding fsdp``, ``resume.sharding``): ``setup`` and ``on_load`` run before the
+model is sharded (Gstack grows the whole model); from the first update on, every parameter the hooks
+see is a DTensor shard, and copies are held by every rank, each its own shards
+(``weights.holds_copies``; the helpers in ``weights`` handle both cases). An intervention declares the
+sharding it supports in ``SHARDING``; one that does not, and overrides ``after_step`` or
+``extra_weights``, is refused under sharding with one line before any work.
 """
 
 from __future__ import annotations
@@ -70,6 +77,9 @@ class Intervention:
     name: ClassVar[str] = "none"
     # One paragraph for --help and the README: what it does relative to the paper / official code.
     SUMMARY: ClassVar[str] = ""
+    # The --sharding modes it runs under (resume.sharding.MODES); None: inferred from the hooks it
+    # overrides (resume.sharding.supported_sharding).
+    SHARDING: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, **params: Any):
         self.params: dict[str, Any] = dict(params)

@@ -30,7 +30,9 @@ Modes:
 
 Memory and disk (several processes: only the main process holds snapshots; a replacement reaches
 the other ranks by broadcast): every snapshot is written once to ``TRAJ/lawa/stepS.safetensors``
-and the resumable state names those files. ``store=disk`` (default) keeps nothing in memory and
+and the resumable state names those files. Under ``--sharding fsdp`` every rank snapshots and
+averages its own shards (``TRAJ/lawa/stepS/rank{R}.safetensors``) and replaces its own shards: no
+broadcast, and no gather but for ``averaged/`` at a saved step. ``store=disk`` (default) keeps nothing in memory and
 streams the files when averaging; ``store=host`` also keeps the k snapshots in host memory.
 """
 
@@ -51,7 +53,9 @@ from .weights import (
     copy_into,
     cpu_snapshot,
     full_state_dict,
+    holds_copies,
     is_main_process,
+    shard_rows,
 )
 
 SNAPSHOT_DIR = "lawa"
@@ -82,6 +86,7 @@ def parent_spacing(grid: list[int], step: int, end_step: int) -> int:
 class LAWA(DeclaredIntervention):
     name = "lawa"
     SUMMARY = SUMMARY
+    SHARDING = ("none", "fsdp")  # ZeRO partitions are DeepSpeed's own: not reachable here
     PARAMS = (
         Param("k", int, 5, "number of latest checkpoints averaged (official code: 5)", min=1),
         Param("every", int, PARENT, "snapshot at steps divisible by E (default: at the parent's checkpoint steps; "
@@ -166,22 +171,30 @@ class LAWA(DeclaredIntervention):
             raise
         return model
 
-    def average(self) -> Weights:
-        return self.window.mean()
+    def average(self, model: Any = None) -> Weights:
+        """The window's mean; of a sharded ``model``, this rank's rows of it."""
+        return self.window.mean(None if model is None else shard_rows(model))
 
     def after_step(self, model: Any, step: int) -> None:
         if not self.is_snapshot_step(step):
             return
-        self.window.add(step, lambda: cpu_snapshot(model))
+        rows = shard_rows(model)
+        shards = None
+        if rows is not None:
+            import torch.distributed as dist
+
+            shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+            shards = (rows, shapes, dist.get_rank(), dist.get_world_size())
+        self.window.add(step, lambda: cpu_snapshot(model), shards=shards)
         if self.params["mode"] == "replace" and self.params["k"] > 1:
-            if is_main_process():
-                copy_into(model, self.average())  # a window of one: the mean is the weights themselves
+            if holds_copies():
+                copy_into(model, self.average(model))  # a window of one: the mean is the weights themselves
             broadcast_parameters(model)
 
     def extra_weights(self, model: Any, step: int) -> dict[str, dict[str, Any]]:
         if self.params["mode"] != "eval" or not self.window:
             return {}
-        return {"averaged": full_state_dict(model, self.average())}
+        return {"averaged": full_state_dict(model, self.average(model))}
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

@@ -10,6 +10,12 @@ files tensor by tensor (``weights.uniform_mean_of_files``; the same arithmetic, 
 Without a root directory (an intervention used on its own, outside a branch) the window lives in
 memory and the state carries the tensors.
 
+Sharded training (``--sharding fsdp``): a snapshot taken of the sharded model is written by every
+rank, each its own rows, as ``<root>/step{S}/rank{R}.safetensors`` (no gather); with ``store="host"``
+each rank keeps its shards in memory. Snapshots taken before sharding (the window at the branch step)
+stay whole files written by the main process. Averages read only this rank's rows of either kind,
+so a window saved on W ranks reads back on any other number of ranks.
+
 Files that left the window are deleted once no saved state can still refer to them (the two
 latest ``state()`` calls: the rolling state on disk is the latest one or, if writing it was
 interrupted, the one before).
@@ -21,7 +27,17 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-from .weights import Weights, is_main_process, load_weights, nbytes, save_weights, uniform_mean, uniform_mean_of_files
+from .weights import (
+    SnapshotReader,
+    Weights,
+    is_main_process,
+    load_weights,
+    nbytes,
+    save_shards,
+    save_weights,
+    uniform_mean,
+    uniform_mean_of_files,
+)
 
 STORES = ("disk", "host")
 
@@ -48,8 +64,10 @@ class SnapshotWindow:
         return self.root is None or self.store == "host"
 
     def path(self, step: int) -> Path:
+        """The snapshot's file, or its folder of per-rank shards (sharded training)."""
         assert self.root is not None
-        return self.root / snapshot_name(step)
+        folder = self.root / f"step{step}"
+        return folder if folder.is_dir() else self.root / snapshot_name(step)
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -59,18 +77,33 @@ class SnapshotWindow:
         return sum(nbytes(w) for w in self.memory.values())
 
     # -- adding -------------------------------------------------------------------------------------
-    def add(self, step: int, take: Callable[[], Weights]) -> None:
-        """Take the snapshot of ``step`` (``take()`` is called on the main process only)."""
+    def add(self, step: int, take: Callable[[], Weights], shards: "tuple[dict, dict, int, int] | None" = None) -> None:
+        """Take the snapshot of ``step`` (``take()`` is called on the main process only). ``shards``: the
+        model is sharded and ``take()`` returns this rank's shards, called on every rank: (rows, shapes,
+        rank, world) of them (``weights.shard_rows``)."""
+        from resume.sharding import active
+
         if self.steps and step <= self.steps[-1]:
             if step == self.steps[-1]:
                 return
             raise ValueError(f"snapshot steps must increase: {step} after {self.steps[-1]}")
         self.steps.append(step)
-        if self.main:
+        if shards is not None:
+            weights = take()
+            if self.root is not None:
+                rows, shapes, rank, world = shards
+                save_shards(self.root / f"step{step}", weights, rows, shapes, rank, world)
+                import torch.distributed as dist
+
+                dist.barrier()  # every rank's shard is on disk before any rank reads the snapshot
+            if self.in_memory:
+                self.memory[step] = weights
+        elif self.main:
             weights = take()
             if self.root is not None:
                 save_weights(self.path(step), weights)
-            if self.in_memory:
+            # a whole snapshot of a branch about to be sharded is read back by rows (each rank its own)
+            if self.in_memory and (self.root is None or active() != "fsdp"):
                 self.memory[step] = weights
         while len(self.steps) > self.k:
             old = self.steps.popleft()
@@ -78,20 +111,21 @@ class SnapshotWindow:
         self._prune()
 
     # -- the average ---------------------------------------------------------------------------------
-    def mean(self) -> Weights:
-        """Uniform mean of the window in step order (main process only)."""
+    def mean(self, rows: dict[str, tuple[int, int]] | None = None) -> Weights:
+        """Uniform mean of the window in step order (main process only; with ``rows``, every rank of a
+        sharded model, each over its own rows)."""
         if not self.steps:
             raise ValueError("the LAWA window is empty")
         if self.in_memory:
             for s in self.steps:
-                if s not in self.memory:  # after a resume: read the file once
-                    self.memory[s] = load_weights(self.path(s))
+                if s not in self.memory:  # after a resume (or taken before sharding): read the file once
+                    self.memory[s] = _read(self.path(s), rows)
             return uniform_mean(self.memory[s] for s in self.steps)
-        return uniform_mean_of_files([self.path(s) for s in self.steps])
+        return uniform_mean_of_files([self.path(s) for s in self.steps], rows)
 
     def snapshots(self) -> list[tuple[int, Weights]]:
         """(step, weights) of the window, loaded where they are on disk (for inspection and tests)."""
-        return [(s, self.memory[s] if s in self.memory else load_weights(self.path(s))) for s in self.steps]
+        return [(s, self.memory[s] if s in self.memory else _read(self.path(s))) for s in self.steps]
 
     # -- resumable state -----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -134,8 +168,21 @@ class SnapshotWindow:
         """Delete snapshot files no longer in the window nor named by a recent saved state."""
         if self.root is None or not self.main or not self.root.is_dir():
             return
+        import shutil
+
         keep = set(self.steps).union(*self._referenced) if self._referenced else set(self.steps)
-        for f in self.root.glob("step*.safetensors"):
-            step = f.name[len("step"):-len(".safetensors")]
+        for f in self.root.glob("step*"):
+            step = f.name[len("step"):].removesuffix(".safetensors")
             if step.isdigit() and int(step) not in keep:
-                f.unlink(missing_ok=True)
+                if f.is_dir():
+                    shutil.rmtree(f, ignore_errors=True)
+                else:
+                    f.unlink(missing_ok=True)
+
+
+def _read(path: Path, rows: dict[str, tuple[int, int]] | None = None) -> Weights:
+    """A snapshot's tensors (only ``rows`` of the named ones, where given)."""
+    if rows is None and path.is_file():
+        return load_weights(path)
+    reader = SnapshotReader(path)
+    return {n: reader.get(n, (rows or {}).get(n)) for n in reader.keys()}
