@@ -513,7 +513,7 @@ def _branch_locked(
     # NeoX fp16: DeepSpeed's loss scaler replaces accelerate's GradScaler (on CPU fp32 it never applies)
     use_scaler = numerics == "neox" and train_precision(run.recipe, precision) == "fp16"
     saved = resume_point(out) if resume and not check_only else None
-    if saved is not None and not earlier.meta.get("complete"):  # a state this launch cannot continue: refused now
+    if saved is not None and not (earlier is not None and earlier.meta.get("complete")):  # refused now if it cannot go on
         note = check_resume(saved.train_state, sharding, launch_world_size(),
                             saved.sharding != "none" and saved.intervention_holds_tensors())
         if note and launch_rank() == 0:
@@ -600,8 +600,8 @@ def _branch_locked(
             from resume.optim import adamw_state_by_name
 
             opt = adamw_state_by_name(model, run.recipe, imported, counters["adam_step"])
-    elif saved.sharding == "fsdp":  # the weights come from the sharded state, once the model is sharded
-        model = model_from_config(out / STATE_DIR)
+    else:  # an FSDP state: the weights come from its DCP shards once the model is sharded
+        model = model_from_config(out / STATE_DIR) if saved.sharding == "fsdp" else load_model(out / STATE_DIR)
         opt = None
         counters = {k: saved.train_state[k] for k in ("schedule_offset", "loss_scaler") if k in saved.train_state}
     model = apply_numerics(model, numerics, run.recipe.precision)

@@ -54,6 +54,12 @@ def resolve_sharding(requested: str | None, environ: dict[str, str] | None = Non
     return requested
 
 
+def deepspeed_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("deepspeed") is not None
+
+
 def launch_world_size(environ: dict[str, str] | None = None) -> int:
     env = os.environ if environ is None else environ
     return int(env.get("WORLD_SIZE", "1") or 1)
@@ -92,6 +98,10 @@ def check_sharding(mode: str, world_size: int, batch_size: int, intervention: An
                    micro_batch_size: int | None = None) -> None:
     """Refuse, before anything is fetched or written, a launch that cannot train as asked."""
     via = "the launch" if mode != "none" else "this launch"
+    if mode == "deepspeed" and not deepspeed_available():
+        raise UserError("--sharding deepspeed needs the deepspeed package, which is not installed here; "
+                        "`pip install deepspeed` and launch with `accelerate launch --config_file "
+                        "examples/accelerate/deepspeed_zero2.yaml ...`, or use --sharding fsdp")
     if mode != "none" and world_size < 2:
         raise UserError(
             f"--sharding {mode} needs several processes and {via} has {world_size}; launch with "
