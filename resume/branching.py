@@ -370,8 +370,7 @@ def branch(
     if dry_run and resume:
         raise UserError("--dry-run writes nothing and --resume continues a branch on disk; use one of them, not both")
     mode = resolve_sharding(sharding)
-    run, iv, out, from_step, step_name = _open_branch(parent, from_step, steps, intervention, out, order, repeat,
-                                                      mode, micro_batch_size)
+    run, iv, out, from_step, step_name = _open_branch(parent, from_step, steps, intervention, out, order, repeat, mode)
     lock = output_lock(out) if launch_rank() == 0 and not dry_run else contextlib.nullcontext()
     with lock, activated(mode):  # held for the whole run (rank 0 holds it for every process of a launch)
         done = _branch_locked(run, iv, from_step, steps, out, optimizer_state=optimizer_state, resume=resume,
@@ -393,8 +392,7 @@ def check_branch(
 ) -> BranchDefinition:
     """Every check ``branch`` makes before training, without fetching or writing anything; the resolved definition."""
     mode = resolve_sharding(sharding)
-    run, iv, out, from_step, step_name = _open_branch(parent, from_step, steps, intervention, out, order, None,
-                                                      mode, micro_batch_size)
+    run, iv, out, from_step, step_name = _open_branch(parent, from_step, steps, intervention, out, order, None, mode)
     with activated(mode):
         return _branch_locked(run, iv, from_step, steps, out, optimizer_state=optimizer_state, resume=False,
                               micro_batch_size=micro_batch_size, save_every=None, precision=precision,
@@ -404,7 +402,7 @@ def check_branch(
 
 def _open_branch(parent: str | Path, from_step: int | str, steps: int, intervention: str, out: str | Path | None,
                  order: str | None, repeat: tuple[int, int] | None = None, sharding: str = "none",
-                 micro_batch_size: int | str | None = None) -> tuple[ParentRun, Intervention, Path, int, str | None]:
+                 ) -> tuple[ParentRun, Intervention, Path, int, str | None]:
     # 1. validate everything before anything is written
     if steps <= 0:
         raise UserError(f"--steps {steps}: the number of updates must be a positive integer")
@@ -417,9 +415,7 @@ def _open_branch(parent: str | Path, from_step: int | str, steps: int, intervent
     run.require_step(from_step)
     _with_order(run, order)
     iv = parse_intervention(intervention)
-    from resume.microbatch import parse_micro_batch
-
-    check_sharding(sharding, launch_world_size(), run.recipe.batch_size, iv, parse_micro_batch(micro_batch_size))
+    check_sharding(sharding, launch_world_size(), run.recipe.batch_size, iv)
     rep = f"-rep{repeat[0]}" if repeat else ""
     out = Path(out) if out is not None else Path("branches") / f"{run.name}-step{from_step}-{iv.name}-k{steps}{rep}"
     check_output_dir(out)
@@ -600,8 +596,8 @@ def _branch_locked(
             from resume.optim import adamw_state_by_name
 
             opt = adamw_state_by_name(model, run.recipe, imported, counters["adam_step"])
-    else:  # an FSDP state: the weights come from its DCP shards once the model is sharded
-        model = model_from_config(out / STATE_DIR) if saved.sharding == "fsdp" else load_model(out / STATE_DIR)
+    else:  # a sharded state: the weights come from its shards once the model is sharded (FSDP, DeepSpeed)
+        model = model_from_config(out / STATE_DIR) if saved.sharding != "none" else load_model(out / STATE_DIR)
         opt = None
         counters = {k: saved.train_state[k] for k in ("schedule_offset", "loss_scaler") if k in saved.train_state}
     model = apply_numerics(model, numerics, run.recipe.precision)

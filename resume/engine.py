@@ -16,9 +16,10 @@ Memory: the loss is ``resume.loss.CausalLMLoss`` (chunked cross-entropy, never t
 logits); that wrapper is what ``accelerator.prepare`` wraps, so DDP/FSDP hooks fire on its forward.
 
 Sharding (``job.sharding``, ``resume.sharding``): ``fsdp`` shards the module the engine trains (the
-loss wrapper: each transformer block, then the wrapper as root) with FSDP2 (``resume.fsdp``), builds the optimizer over the shards, saves checkpoints by gathering them to
-rank 0 and the optimizer / resumable state as sharded DCP folders; ``deepspeed`` hands model and
-optimizer to accelerate's DeepSpeed plugin. ``none`` (one process or DDP) is unchanged.
+loss wrapper: each transformer block, then the wrapper as root) with FSDP2 (``resume.fsdp``), builds
+the optimizer over the shards, saves checkpoints by gathering them to rank 0 and the optimizer /
+resumable state as sharded DCP folders; ``deepspeed`` hands model and optimizer to accelerate's
+DeepSpeed plugin (``resume.deepspeed_zero``). ``none`` (one process or DDP) is unchanged.
 """
 
 from __future__ import annotations
@@ -267,9 +268,14 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
     hf_model = job.model.to(accelerator.device)
     model = CausalLMLoss(hf_model)
     start = job.start_step
-    fsdp = job.sharding == "fsdp"
-    if fsdp:
-        model, optimizer = _prepare_fsdp(job, accelerator, model, hf_model)
+    fsdp, zero = job.sharding == "fsdp", job.sharding == "deepspeed"
+    if fsdp or zero:
+        if fsdp:
+            model, optimizer = _prepare_fsdp(job, accelerator, model, hf_model)
+        else:
+            from resume import deepspeed_zero
+
+            model, optimizer = deepspeed_zero.prepare(job, accelerator, model, hf_model, micro)
         if job.resume_from is not None:
             start = job.resume_from.next_update
     else:
@@ -318,7 +324,9 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
             inputs, labels = tokens[:, :-1], tokens[:, 1:]
             sync = a == len(micro_ranges) - 1
             # FSDP reduce-scatters every micro-batch: skipping it would keep whole gradients on each rank
-            ctx = contextlib.nullcontext() if sync or fsdp else accelerator.no_sync(model)
+            ctx = contextlib.nullcontext() if sync or fsdp or zero else accelerator.no_sync(model)
+            if zero:  # DeepSpeed's accumulation boundary (its engine.step) is the last micro-batch
+                accelerator.gradient_state._set_sync_gradients(sync)
             with ctx:
                 with accelerator.autocast():
                     loss = model(inputs, labels)
@@ -403,7 +411,11 @@ def train(job: TrainJob, accelerator: Accelerator | None = None) -> Any:
 
         saving = step in job.save_steps or step == job.end_step
         rolling = job.resumable and (saving or step % job.save_every == 0)
-        if (saving or rolling) and fsdp:
+        if (saving or rolling) and zero:
+            deepspeed_zero.save(job, accelerator, model, unwrapped, step, saving=saving, rolling=rolling,
+                                extra={"world_size": world, "micro_batch_size": micro, **counters()},
+                                counters=counters())
+        elif (saving or rolling) and fsdp:
             if saving:
                 save_checkpoint_sharded(job, unwrapped, step, optimizer.optimizer if job.save_optimizer else None,
                                         counters())

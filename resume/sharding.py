@@ -94,8 +94,7 @@ def supported_sharding(intervention: Any) -> tuple[str, ...]:
     return ("none",) if touches else MODES
 
 
-def check_sharding(mode: str, world_size: int, batch_size: int, intervention: Any,
-                   micro_batch_size: int | None = None) -> None:
+def check_sharding(mode: str, world_size: int, batch_size: int, intervention: Any) -> None:
     """Refuse, before anything is fetched or written, a launch that cannot train as asked."""
     via = "the launch" if mode != "none" else "this launch"
     if mode == "deepspeed" and not deepspeed_available():
@@ -109,17 +108,12 @@ def check_sharding(mode: str, world_size: int, batch_size: int, intervention: An
             f"`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m resume branch ... --sharding {mode}` "
             "(or use --sharding none)"
         )
-    if batch_size % world_size:
+    if mode != "none" and batch_size % world_size:  # (unsharded launches: the micro-batch plan says it)
         divisors = [d for d in range(1, batch_size + 1) if batch_size % d == 0]
         shown = ", ".join(str(d) for d in divisors[:8]) + (", ..." if len(divisors) > 8 else "")
         raise UserError(
             f"{via} has {world_size} processes (--sharding {mode}), which do not divide the global batch of "
             f"{batch_size} rows; use a world size (num_processes x num_machines) among {shown}"
-        )
-    if micro_batch_size is not None and (batch_size // world_size) % micro_batch_size:
-        raise UserError(
-            f"--micro-batch-size {micro_batch_size} does not divide the {batch_size // world_size} rows each of "
-            f"{world_size} processes trains per update; use a divisor of {batch_size // world_size}"
         )
     supported = supported_sharding(intervention)
     if mode not in supported:

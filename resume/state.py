@@ -156,7 +156,8 @@ def load_state(directory: Path) -> SavedState | None:
     """The saved state in ``directory`` if it is complete, else None."""
     directory = Path(directory)
     meta = directory / TRAIN_STATE
-    sharded = (directory / "dcp" / ".metadata").is_file()  # resume.fsdp.DCP_DIR
+    # resume.fsdp.DCP_DIR / resume.deepspeed_zero.DS_DIR
+    sharded = (directory / "dcp" / ".metadata").is_file() or (directory / "deepspeed").is_dir()
     if not meta.is_file() or not ((directory / OPTIMIZER_FILE).is_file() or sharded):
         return None
     with reading_checkpoint(meta):

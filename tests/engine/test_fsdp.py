@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import torch
 
 from resume.cli import main as cli
 from tests.engine.helpers import distance, metrics, norm, same_weights, weights
+from tests.engine.test_resume_kill import KILLER
 
 REPO = Path(__file__).resolve().parents[2]
 FROM, STEPS, END = 48, 10, 58
@@ -34,25 +34,8 @@ LAWA = "lawa:k=2,every=2,mode=replace"
 ANYTIME = "anytime:ema=25"
 GSTACK = "gstack:g=2"
 
-# rank 0 SIGKILLs itself right after the metrics line of update KILL_AT (a kill -9 between two saves);
-# torchrun then stops the other rank
-KILLER = textwrap.dedent(
-    """
-    import os, signal, sys
-    import resume.engine as engine
-    append = engine._append_metrics
-    def append_then_die(path, row):
-        append(path, row)
-        if row["step"] == int(os.environ["KILL_AT"]):
-            with open(path, "a") as f:
-                f.write('{"step": 99, "lo')  # a torn line, as a kill during a write leaves
-            os.kill(os.getpid(), signal.SIGKILL)
-    engine._append_metrics = append_then_die
-    from resume.cli import main
-    sys.exit(main(sys.argv[1:]))
-    """
-)
-
+# KILLER: the CLI in a child that SIGKILLs itself after the metrics line of update KILL_AT; under torchrun
+# rank 0 dies that way and torchrun stops the other rank
 
 def free_port() -> int:
     with socket.socket() as s:
