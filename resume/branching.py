@@ -193,7 +193,9 @@ def build_plan(
     config = run.model_config
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        if resumed_micro is not None and micro_batch is None:
+        per_rank = recipe.batch_size // world if recipe.batch_size % world == 0 else 0
+        # the micro-batch the resumed branch used, where it still splits this launch's rows per process
+        if resumed_micro is not None and micro_batch is None and per_rank and per_rank % resumed_micro == 0:
             choice = MicroBatchChoice(resumed_micro, recipe.batch_size // (world * resumed_micro), "given",
                                       "as the branch being resumed used")
         elif device == "cuda":  # a probe forward/backward at the real sequence length, on this rank's GPU

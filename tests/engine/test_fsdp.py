@@ -43,10 +43,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(target: list[str], extra_env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def torchrun(target: list[str], extra_env: dict[str, str] | None = None, check: bool = True,
+             processes: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(REPO), **(extra_env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), *target]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     if check:
@@ -160,6 +161,23 @@ def test_kill9_then_resume_is_bit_exact_under_fsdp(runs, toy_tiny, tmp_path):
     rows, ref = metrics(out), metrics(runs["fsdp"])
     assert [r["step"] for r in rows] == list(range(FROM + 1, END + 1))  # no duplicate, no gap, no torn line
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref]
+
+
+def test_a_state_saved_on_2_processes_resumes_resharded_on_4(runs, toy_tiny, tmp_path):
+    """The stretch: DCP reshards model and optimizer onto another world size; the rows stay the same, the
+    fp32 reduction order does not (within the 1e-5 floor of tests/engine/test_two_processes.py)."""
+    out = tmp_path / "killed"
+    args = branch_args(toy_tiny, out, "--sharding", "fsdp")
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    assert torchrun([str(script), *args], {"KILL_AT": "56"}, check=False).returncode != 0
+    resume = [a for a in args if a not in ("--micro-batch-size", "4")] + ["--resume"]  # auto: 2 rows per process
+    proc = torchrun(["-m", "resume", *resume], processes=4)
+    assert "resuming on 4 processes a state saved on 2" in proc.stderr
+    assert [r["batch_rows"] for r in metrics(out)] == [r["batch_rows"] for r in metrics(runs["fsdp"])]
+    d = rel(weights(out, END), weights(runs["fsdp"], END))
+    print(f"killed on 2 processes, resumed on 4 (FSDP): relative distance {d:.2e} to the uninterrupted run")
+    assert d <= 1e-5
 
 
 @pytest.mark.parametrize("name", ["lawa", "any", "gstack"])
