@@ -2,11 +2,14 @@
 the same weights as plain DDP after 10 updates of a toy control branch; the optimizer and resumable
 state really are sharded (the DCP files hold one chunk of every Adam moment per rank, so a silent
 fallback to DDP fails); checkpoints load with ``from_pretrained`` in one process; kill -9 + --resume
-ends bit for bit as the uninterrupted sharded run; LAWA replace, the anytime EMA and Gstack under
-FSDP match DDP; bad launches are refused with one line before any work.
+ends bit for bit as the uninterrupted sharded run (resumed through ``accelerate launch --config_file
+examples/accelerate/fsdp2.yaml``); a state saved on 2 processes resumes resharded on 4; LAWA
+replace, the anytime EMA and Gstack under FSDP match DDP; bad launches are refused with one line
+before any work.
 
-Cost: three torchrun launches of two processes (~15 s each on 2 cores) plus one that runs the five
-DDP/FSDP intervention branches back to back (``sharded_runs.py``), shared by the tests of this file.
+Cost (~70 s on 2 cores): five launches of one branch each, plus one that runs seven branches back to
+back (``sharded_runs.py``: the DDP control, and LAWA, anytime and Gstack under DDP and under FSDP),
+shared by the tests of this file.
 """
 
 from __future__ import annotations
@@ -156,7 +159,16 @@ def test_kill9_then_resume_is_bit_exact_under_fsdp(runs, toy_tiny, tmp_path):
     assert state["next_update"] == 54 and state["sharding"] == "fsdp"  # saves every 3: 51, 54 < 56
     assert not (out / "checkpoints" / f"step{END}").exists()
 
-    torchrun(["-m", "resume", *args, "--resume"])
+    # resumed by the issue's launch line: accelerate launch with the FSDP2 config, no --sharding (the
+    # config's environment says fsdp)
+    resume = [a for a in args if a not in ("--sharding", "fsdp")] + ["--resume"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(REPO / "examples" / "accelerate" / "fsdp2.yaml"), "--num_processes", "2",
+                           "--main_process_port", str(free_port()), "-m", "resume", *resume],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "trajectory.json").read_text())["engine"]["sharding"] == "fsdp"
     assert same_weights(weights(out, END), weights(runs["fsdp"], END))
     rows, ref = metrics(out), metrics(runs["fsdp"])
     assert [r["step"] for r in rows] == list(range(FROM + 1, END + 1))  # no duplicate, no gap, no torn line
