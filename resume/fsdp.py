@@ -81,13 +81,19 @@ def shard(trained: nn.Module, model: nn.Module, accelerator: Any) -> nn.Module:
 
 
 def configure_accelerate_plugin(accelerator: Any, model: nn.Module) -> None:
-    """Where accelerate runs FSDP itself: FSDP2, full sharding, blocks = the model's block classes."""
+    """Where accelerate runs FSDP itself: FSDP2, full sharding, blocks = the model's block classes, fp32
+    weights and gradient reductions (half precision from accelerate's autocast, as under DDP)."""
     plugin = accelerator.state.fsdp_plugin
     if getattr(plugin, "fsdp_version", 1) != 2:
         raise UserError("--sharding fsdp: the accelerate config asks for FSDP1; set `fsdp_version: 2` in its "
                         "fsdp_config (see examples/accelerate/fsdp2.yaml)")
     if not plugin.transformer_cls_names_to_wrap:
         plugin.transformer_cls_names_to_wrap = sorted(c.__name__ for c in block_classes(model)) or None
+    # accelerate's bf16 policy gathers bf16 weights and reduce-scatters bf16 gradients; the engine's DDP
+    # path keeps fp32 masters and fp32 gradient sums under autocast: keep that (as ``shard`` does on CPU)
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
 
 
 # -- optimizer state --------------------------------------------------------------------------------------
