@@ -24,7 +24,6 @@ writes; the other ranks never hold more than the tensor being gathered.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -225,11 +224,7 @@ def adam_moment_chunks(folder: Path, name: str, moment: str = "exp_avg") -> list
     from torch.distributed.checkpoint import FileSystemReader
 
     meta = FileSystemReader(str(folder)).read_metadata().state_dict_metadata
-    for key in (f"optimizer.state.{name}.{moment}",):
-        if key in meta:
-            return [(tuple(c.offsets), tuple(c.sizes)) for c in meta[key].chunks]
+    key = f"optimizer.state.{name}.{moment}"
+    if key in meta:
+        return [(tuple(c.offsets), tuple(c.sizes)) for c in meta[key].chunks]
     raise KeyError(f"no {moment} of {name} in {folder}")
-
-
-def write_json(path: Path, obj: dict[str, Any]) -> None:
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
