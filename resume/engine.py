@@ -463,7 +463,11 @@ def _prepare_fsdp(job: TrainJob, accelerator: Accelerator, model: Any, hf_model:
         fsdp.shard(model, hf_model, accelerator)
         optimizer = accelerator.prepare(build_optimizer(hf_model, job.recipe))
     hf_model = accelerator.unwrap_model(model).model
-    if job.resume_from is not None:
+    if job.resume_from is not None and job.resume_from.sharding == "none":  # a whole (DDP) state, now sharded
+        fsdp.load_whole_optimizer_state(optimizer.optimizer, job.resume_from.optimizer_state())
+        job.intervention.load_state_dict(job.resume_from.intervention_state())
+        set_rng_state(job.resume_from.train_state["rng"])
+    elif job.resume_from is not None:
         fsdp.load_sharded(job.resume_from.path / fsdp.DCP_DIR, hf_model, optimizer.optimizer)
         job.intervention.load_state_dict(job.resume_from.intervention_state(torch.distributed.get_rank()))
         set_rng_state(job.resume_from.train_state["rng"])

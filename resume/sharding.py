@@ -131,13 +131,17 @@ def check_sharding(mode: str, world_size: int, batch_size: int, intervention: An
 def check_resume(saved_info: dict[str, Any], mode: str, world_size: int, intervention_tensors: bool) -> str | None:
     """Refuse a ``--resume`` whose saved state this launch cannot continue; return a note to print, if any.
 
-    A state saved without sharding is whole: it resumes with any sharding and world size (as before).
+    A state saved without sharding is whole: it resumes unsharded or under FSDP on any world size (as
+    before); DeepSpeed resumes only its own checkpoints.
     An FSDP state (``torch.distributed.checkpoint``) resumes under FSDP on any world size -- the
     checkpoint reshards -- unless the intervention keeps per-rank shards of its own (the anytime EMA):
     those resume on the same world size only. A DeepSpeed state resumes under DeepSpeed on the same
     world size."""
     saved_mode = saved_info.get("sharding", "none")
     saved_world = int(saved_info.get("world_size", 1))
+    if saved_mode == "none" and mode == "deepspeed":
+        raise UserError(f"--resume: the saved state was written with --sharding none on {saved_world} process(es); "
+                        "DeepSpeed resumes only its own checkpoints: continue it with --sharding none or fsdp")
     if saved_mode == "none":
         return None
     if mode != saved_mode:

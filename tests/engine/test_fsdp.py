@@ -3,11 +3,11 @@ the same weights as plain DDP after 10 updates of a toy control branch; the opti
 state really are sharded (the DCP files hold one chunk of every Adam moment per rank, so a silent
 fallback to DDP fails); checkpoints load with ``from_pretrained`` in one process; kill -9 + --resume
 ends bit for bit as the uninterrupted sharded run (resumed through ``accelerate launch --config_file
-examples/accelerate/fsdp2.yaml``); a state saved on 2 processes resumes resharded on 4; LAWA
-replace, the anytime EMA and Gstack under FSDP match DDP; bad launches are refused with one line
-before any work.
+examples/accelerate/fsdp2.yaml``); a state saved on 2 processes resumes resharded on 4, a DDP
+state under FSDP; LAWA replace, the anytime EMA and Gstack under FSDP match DDP; bad launches are
+refused with one line before any work.
 
-Cost (~70 s on 2 cores): five launches of one branch each, plus one that runs seven branches back to
+Cost (~90 s on 2 cores): seven launches of one branch each, plus one that runs seven branches back to
 back (``sharded_runs.py``: the DDP control, and LAWA, anytime and Gstack under DDP and under FSDP),
 shared by the tests of this file.
 """
@@ -183,6 +183,21 @@ def test_a_state_saved_on_2_processes_resumes_resharded_on_4(runs, toy_tiny, tmp
     assert d <= 1e-5
 
 
+def test_a_ddp_state_resumes_under_fsdp(runs, toy_tiny, tmp_path):
+    """A whole (DDP) resumable state, EMA included, continues sharded: every rank slices its rows of the
+    moments and of the EMA; the end is the uninterrupted DDP run's (here bit for bit)."""
+    out = tmp_path / "killed"
+    args = branch_args(toy_tiny, out, "--intervention", ANYTIME)
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    assert torchrun([str(script), *args], {"KILL_AT": "56"}, check=False).returncode != 0
+    assert (out / "state" / "optimizer.pt").is_file()  # whole
+    torchrun(["-m", "resume", *args, "--resume", "--sharding", "fsdp"])
+    for sub in ("", "averaged"):
+        d = rel(weights(out, END, sub), weights(runs["ddp_any"], END, sub))
+        assert d <= BOUND, sub
+
+
 @pytest.mark.parametrize("name", ["lawa", "any", "gstack"])
 def test_interventions_under_fsdp_match_ddp(runs, name):
     fsdp, ddp = runs[f"fsdp_{name}"], runs[f"ddp_{name}"]
@@ -271,7 +286,9 @@ def test_resume_with_another_sharding_is_refused():
         check_resume({"sharding": "deepspeed", "world_size": 2}, "deepspeed", 4, False)
     note = check_resume(info, "fsdp", 4, False)  # model + optimizer reshard: allowed, said plainly
     assert note and "reshard" in note
-    assert check_resume({"world_size": 2}, "fsdp", 4, False) is None  # a whole (DDP) state resumes anywhere
+    assert check_resume({"world_size": 2}, "fsdp", 4, False) is None  # a whole (DDP) state: unsharded or FSDP
+    with pytest.raises(UserError, match="DeepSpeed resumes only its own checkpoints"):
+        check_resume({"world_size": 2}, "deepspeed", 2, False)
 
 
 def test_sharding_defaults_to_the_launch_environment():
