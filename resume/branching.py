@@ -40,7 +40,8 @@ from resume.interventions.spec import parse_intervention
 from resume.numerics import NeoXLossScaler, apply_numerics, check_numerics, default_numerics, describe_numerics
 from resume.parent import ParentRun, fetch_release, open_parent, plan_release
 from resume.plan import BranchPlan
-from resume.sharding import activated, check_resume, check_sharding, launch_world_size, resolve_sharding
+from resume.launch import launch_rank, launch_world_size
+from resume.sharding import activated, check_resume, check_sharding, resolve_sharding
 from resume.state import STATE_DIR
 
 OPTIMIZER_MODES = ("exact", "reestimate", "fresh")
@@ -160,7 +161,7 @@ def build_plan(
 
     recipe = run.recipe
     end = from_step + steps
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launch_world_size()
     plan = BranchPlan(run.name, from_step, steps, out, intervention, batch_size=recipe.batch_size,
                       seq_len=recipe.seq_len, world_size=world)
     data, fetch_spans = None, None
@@ -429,11 +430,6 @@ def _spec_text(iv: Intervention) -> str:
     d = iv.describe()
     params = ",".join(f"{k}={v}" for k, v in (d.get("params") or {}).items())
     return d.get("name", "none") + (f":{params}" if params else "")
-
-
-def launch_rank() -> int:
-    """This process's rank in a torchrun / accelerate launch (0 when not launched)."""
-    return int(os.environ.get("RANK", "0") or 0)
 
 
 def _branch_locked(

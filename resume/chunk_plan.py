@@ -8,11 +8,11 @@ flag and the memory estimate -- and then (unless ``--dry-run``) fetches and conv
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from checkpoints_cache.errors import UserError
 from data_order.chunked import ChunkLayout, ChunkNeed, ChunkRows, ensure_chunks, plan_chunks
+from resume.launch import is_launch_main
 
 EXACTNESS_WHY = {
     "amber-chunks": ("the set of rows of each chunk is exact, the order within a chunk is not: it depends on the "
@@ -24,10 +24,6 @@ EXACTNESS_WHY = {
 
 def exactness_line(layout: ChunkLayout) -> str:
     return f"exactness: {layout.exactness} -- {EXACTNESS_WHY[layout.kind]}"
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _weights_line(run: Any, step: int) -> str:
@@ -110,9 +106,9 @@ def prepare_chunk_data(run: Any, from_step: int, end: int, reestimate: range | N
     total = layout.total_batches
     if eval_batches and (total is None or end + eval_batches <= total):
         eval_needs = plan_chunks(layout, {"compare": (end, end + eval_batches)})
-    if _is_main():
+    if is_launch_main():
         print("\n".join(plan_lines(run, layout, needs, eval_needs, from_step, end, reestimate, mode, step_name)
                         + list(extra_lines)), flush=True)
     if dry_run:
         return None
-    return ChunkRows(layout, ensure_chunks(layout, needs, progress=progress and _is_main()))
+    return ChunkRows(layout, ensure_chunks(layout, needs, progress=progress and is_launch_main()))

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from checkpoints_cache.trajectory import (
 )
 from data_order.steps import accumulation_steps, rank_microbatches
 from resume.interventions.base import Control, Intervention
+from resume.launch import launch_world_size
 from resume.loss import CausalLMLoss
 from resume.optim import build_optimizer
 from resume.schedule import lr_at
@@ -119,7 +119,7 @@ def make_accelerator(recipe: Recipe, precision: str | None = None, own_loss_scal
         handlers.append(GradScalerKwargs(enabled=False))
     tracking = {"log_with": list(log_with), "project_dir": str(project_dir)} if log_with else {}
     accelerator = Accelerator(mixed_precision=mixed, kwargs_handlers=handlers, **tracking)
-    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    expected = launch_world_size()
     if accelerator.num_processes != expected:
         # torchrun without ACCELERATE_USE_CPU=1 on a CPU machine starts W independent rank-0 runs
         # (ecosystem.md §4.1): refuse rather than train W copies silently.

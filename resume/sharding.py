@@ -22,6 +22,7 @@ import os
 from typing import Any, Iterator
 
 from checkpoints_cache.errors import UserError
+from resume.launch import launch_world_size  # noqa: F401  (re-exported: the launch's world size)
 
 MODES = ("none", "fsdp", "deepspeed")
 # The hooks that see the training weights while they are sharded; an intervention overriding one of them
@@ -58,11 +59,6 @@ def deepspeed_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("deepspeed") is not None
-
-
-def launch_world_size(environ: dict[str, str] | None = None) -> int:
-    env = os.environ if environ is None else environ
-    return int(env.get("WORLD_SIZE", "1") or 1)
 
 
 def active() -> str:

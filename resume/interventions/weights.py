@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 import torch
 
 from checkpoints_cache.errors import UserError
+from resume.launch import is_launch_main
 
 Weights = dict[str, torch.Tensor]
 
@@ -47,7 +48,7 @@ def is_main_process() -> bool:
     launcher's RANK says it."""
     if _distributed():
         return torch.distributed.get_rank() == 0
-    return int(os.environ.get("RANK", "0") or 0) == 0
+    return is_launch_main()
 
 
 def holds_copies() -> bool:
