@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,10 +26,9 @@ import pytest
 import torch
 
 from resume.cli import main as cli
-from tests.engine.helpers import distance, metrics, norm, same_weights, weights
+from tests.engine.helpers import REPO, distance, free_port, metrics, norm, same_weights, torchrun, weights
 from tests.engine.test_resume_kill import KILLER
 
-REPO = Path(__file__).resolve().parents[2]
 FROM, STEPS, END = 48, 10, 58
 BOUND = 1e-6  # the bound: FSDP vs DDP, relative distance of the weights after 10 updates
 LAWA = "lawa:k=2,every=2,mode=replace"
@@ -39,24 +37,6 @@ GSTACK = "gstack:g=2"
 
 # KILLER: the CLI in a child that SIGKILLs itself after the metrics line of update KILL_AT; under torchrun
 # rank 0 dies that way and torchrun stops the other rank
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(target: list[str], extra_env: dict[str, str] | None = None, check: bool = True,
-             processes: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO), **(extra_env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), *target]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
 
 def branch_args(toy: Path, out: Path, *extra: str) -> list[str]:
     return ["branch", str(toy), "--from-step", str(FROM), "--steps", str(STEPS), "--micro-batch-size", "4",

@@ -3,31 +3,16 @@ within the fp32 summation-order floor of a one-process run."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 from resume.engine import branch
-from tests.engine.helpers import distance, metrics, norm, weights
+from tests.engine.helpers import distance, metrics, norm, torchrun, weights
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun_branch(toy: Path, out: Path, from_step: int, steps: int) -> None:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "resume", "branch", str(toy), "--from-step", str(from_step),
-           "--steps", str(steps), "--micro-batch-size", "4", "--out", str(out), "--no-compare"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(["-m", "resume", "branch", str(toy), "--from-step", str(from_step), "--steps", str(steps),
+              "--micro-batch-size", "4", "--out", str(out), "--no-compare"])
 
 
 def test_two_processes_same_rows_and_weights_after_10_updates(toy_tiny: Path, tmp_path: Path):

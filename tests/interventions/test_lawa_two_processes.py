@@ -4,17 +4,12 @@ process, and a replacement reaches the other rank, so both train on the same ave
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
-from .conftest import run_branch, weights
+from tests.engine.helpers import torchrun
 
-REPO = Path(__file__).resolve().parents[2]
+from .conftest import run_branch, weights
 
 RECORDER = '''
 import json, os
@@ -32,23 +27,13 @@ class Recorder(LAWA):
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_window_held_once_and_replacement_broadcast(toy, tmp_path):
     plugin = tmp_path / "recorder.py"
     plugin.write_text(RECORDER)
     spec = f"{plugin}:Recorder:k=3,every=16,mode=replace,store=host"
     two = tmp_path / "two"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "resume", "branch", str(toy), "--from-step", "32",
-           "--steps", "20", "--micro-batch-size", "4", "--intervention", spec, "--out", str(two), "--no-compare"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(["-m", "resume", "branch", str(toy), "--from-step", "32", "--steps", "20", "--micro-batch-size", "4",
+              "--intervention", spec, "--out", str(two), "--no-compare"])
 
     rows = {r: [json.loads(x) for x in (two / f"held-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
     one_copy = sum(t.numel() * t.element_size() for t in weights(toy, 32).values())
