@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 from checkpoints_cache.errors import UserError
 from resume.launch import launch_world_size  # noqa: F401  (re-exported: the launch's world size)
+from resume.microbatch import divisors
 
 MODES = ("none", "fsdp", "deepspeed")
 # The hooks that see the training weights while they are sharded; an intervention overriding one of them
@@ -105,8 +106,8 @@ def check_sharding(mode: str, world_size: int, batch_size: int, intervention: An
             "(or use --sharding none)"
         )
     if mode != "none" and batch_size % world_size:  # (unsharded launches: the micro-batch plan says it)
-        divisors = [d for d in range(1, batch_size + 1) if batch_size % d == 0]
-        shown = ", ".join(str(d) for d in divisors[:8]) + (", ..." if len(divisors) > 8 else "")
+        sizes = divisors(batch_size)
+        shown = ", ".join(str(d) for d in sizes[:8]) + (", ..." if len(sizes) > 8 else "")
         raise UserError(
             f"{via} has {world_size} processes (--sharding {mode}), which do not divide the global batch of "
             f"{batch_size} rows; use a world size (num_processes x num_machines) among {shown}"
